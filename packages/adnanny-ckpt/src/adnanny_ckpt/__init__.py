@@ -1,0 +1,5 @@
+"""adnanny-ckpt (work in progress: see the package README)."""
+
+from adnanny_ckpt.__about__ import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,5 @@
+"""adnanny-cook (work in progress: see the package README)."""
+
+from adnanny_cook.__about__ import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,85 @@
+"""One error family for the package, so callers can catch `AdNannyCookError` and nothing else.
+
+Messages follow the house style: what was wrong, the parameter in backticks, the value received, how to fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdNannyCookError",
+    "BadRowError",
+    "ConfigError",
+    "CorpusSchemaError",
+    "InvalidLabelError",
+    "MalformedOutputError",
+    "MissingTagError",
+    "ParseError",
+    "TeacherError",
+    "UnknownTaskError",
+]
+
+
+class AdNannyCookError(Exception):
+    """Base class of every error adnanny-cook raises on purpose."""
+
+
+class UnknownTaskError(AdNannyCookError, KeyError):
+    """A task name that is not in `TASK_NAMES`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ParseError(AdNannyCookError, ValueError):
+    """A model output that does not follow the task's output format.
+
+    Parsers never fall back to a default label: a caller that gets this error decides what to do (count it as
+    a parse failure, reject the candidate, ...). `kind` is a short machine-readable code.
+    """
+
+    kind = "parse_error"
+
+    def __init__(self, message: str, *, task: str = "", field: str | None = None, text: str = "") -> None:
+        super().__init__(message)
+        self.task = task
+        self.field = field
+        self.text = text
+
+
+class MalformedOutputError(ParseError):
+    """Structure is wrong: unclosed `<think>`, text outside the tags, duplicated or unknown tags."""
+
+    kind = "malformed"
+
+
+class MissingTagError(ParseError):
+    """A required output tag is absent."""
+
+    kind = "missing_tag"
+
+
+class InvalidLabelError(ParseError):
+    """A tag is present but its value is not in the task's label set."""
+
+    kind = "invalid_label"
+
+
+class BadRowError(AdNannyCookError, ValueError):
+    """An input row that misses fields or carries labels outside the task's label set."""
+
+    def __init__(self, message: str, *, row: int | str | None = None, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.reasons = list(reasons or [])
+
+
+class CorpusSchemaError(AdNannyCookError, ValueError):
+    """A corpus file whose columns, types or values break the corpus schema."""
+
+
+class ConfigError(AdNannyCookError, ValueError):
+    """A cook configuration with unknown keys or invalid values (all problems reported at once)."""
+
+
+class TeacherError(AdNannyCookError, RuntimeError):
+    """A teacher call that failed after all retries, or a non-retryable API error."""

@@ -1,0 +1,5 @@
+"""adnanny-eval (work in progress: see the package README)."""
+
+from adnanny_eval.__about__ import __version__
+
+__all__ = ["__version__"]

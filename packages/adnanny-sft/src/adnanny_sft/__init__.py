@@ -1,0 +1,5 @@
+"""adnanny-sft (work in progress: see the package README)."""
+
+from adnanny_sft.__about__ import __version__
+
+__all__ = ["__version__"]
