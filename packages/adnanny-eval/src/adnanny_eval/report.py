@@ -1,0 +1,231 @@
+"""Render comparisons like the paper's Tables 1–5 (Markdown), plus CSV, JSON and a BACC bar chart.
+
+Tables print percent with two decimals, as the paper does; the Dataset cell carries the gold defect rate
+(``Dataset A DR 56.62``). Undefined metrics print ``n/a`` in Markdown, empty in CSV and ``null`` in JSON
+(JSON has no NaN). The bootstrap block under each table gives the BACC intervals, resamples and seed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from adnanny_eval.__about__ import __version__
+from adnanny_eval.compare import DatasetComparison, table_columns
+from adnanny_eval.io import atomic_write_text
+
+__all__ = ["ComparisonReport", "fmt", "markdown_table"]
+
+_TITLES = {
+    "bad": "Query–ad relevance (Bad defect view)",
+    "fair": "Query–ad relevance (Fair defect view)",
+    "location": "Query–ad location labeling metrics",
+    "quality": "Query–ad quality labeling metrics",
+    "ad-user": "Ad–user relevance labeling metrics",
+}
+
+
+def fmt(value: float | int | None, digits: int = 2) -> str:
+    """Percent cell: two decimals, ``n/a`` for undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table, numbers right-aligned."""
+    align = ["---"] * len(header)
+    for j in range(len(header)):
+        if rows and all(_numeric(r[j]) for r in rows if r[j]):
+            align[j] = "---:"
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text.replace("*", "").replace("%", "").replace("−", "-").split(" ")[0])
+    except ValueError:
+        return text == "n/a"
+    return True
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """A set of dataset comparisons across views — what `adnanny-eval report`/`demo` write."""
+
+    comparisons: tuple[DatasetComparison, ...]
+    title: str = "AdNanny evaluation report"
+
+    def views(self) -> list[str]:
+        seen: list[str] = []
+        for c in self.comparisons:
+            if c.view.name not in seen:
+                seen.append(c.view.name)
+        return seen
+
+    def by_view(self, view: str) -> list[DatasetComparison]:
+        return [c for c in self.comparisons if c.view.name == view]
+
+    # ---- Markdown -------------------------------------------------------------------------------------
+    def view_markdown(self, view: str) -> str:
+        comps = self.by_view(view)
+        v = comps[0].view
+        with_auc = any(c.candidate.auc is not None for c in comps)
+        cols = table_columns(v, with_auc=with_auc)
+        rows: list[list[str]] = []
+        for c in comps:
+            label = f"{c.dataset} {v.rate_name} {fmt(c.rate * 100)}"
+            cand = c.candidate.to_paper(v.rate_name)
+            if c.baseline is not None:
+                base = c.baseline.to_paper(v.rate_name)
+                rows.append([label, c.baseline_name, *(fmt(base.get(k)) for k in cols)])  # type: ignore[arg-type]
+                rows.append(["", c.candidate_name, *(fmt(cand.get(k)) for k in cols)])  # type: ignore[arg-type]
+                delta = c.delta()
+                rows.append(["", "Delta", *(fmt(delta.get(k)) for k in cols)])
+            else:
+                rows.append([label, c.candidate_name, *(fmt(cand.get(k)) for k in cols)])  # type: ignore[arg-type]
+        parts = [f"### {_TITLES.get(view, view)}", "", markdown_table(["Dataset", "Model", *cols], rows)]
+        ci_rows = []
+        ci_info = None
+        for c in comps:
+            if c.ci is None:
+                continue
+            ci_info = c.ci
+            pct = c.ci.to_dict()
+            row = [
+                c.dataset,
+                f"{fmt(c.candidate.bacc * 100)} [{fmt(pct['candidate'][0])}, {fmt(pct['candidate'][1])}]",
+            ]
+            if c.baseline is not None and pct["baseline"] is not None:
+                row.insert(
+                    1, f"{fmt(c.baseline.bacc * 100)} [{fmt(pct['baseline'][0])}, {fmt(pct['baseline'][1])}]"
+                )
+                d = c.delta()["BACC"]
+                row.append(f"{fmt(d)} [{fmt(pct['delta'][0])}, {fmt(pct['delta'][1])}]")
+            ci_rows.append(row)
+        if ci_rows and ci_info is not None:
+            lvl = f"{ci_info.level * 100:g}%"
+            first = comps[0]
+            head = ["Dataset"]
+            if first.baseline is not None:
+                head.append(f"BACC {first.baseline_name} [{lvl} CI]")
+            head.append(f"BACC {first.candidate_name} [{lvl} CI]")
+            if first.baseline is not None:
+                head.append(f"Δ BACC [{lvl} CI]")
+            parts += [
+                "",
+                f"BACC with {lvl} paired bootstrap intervals ({ci_info.n_resamples} resamples, seed {ci_info.seed}):",
+                "",
+                markdown_table(head, ci_rows),
+            ]
+        return "\n".join(parts)
+
+    def to_markdown(self, *, preamble: str = "") -> str:
+        parts = [f"# {self.title}", ""]
+        if preamble:
+            parts += [preamble, ""]
+        parts.append(
+            "Percent; positive = non-defect, negative = defect; DR/RR = gold defect rate, Model DR/RR = "
+            "share the model flags; Delta = candidate − baseline (points)."
+        )
+        for view in self.views():
+            parts += ["", self.view_markdown(view)]
+        return "\n".join(parts) + "\n"
+
+    # ---- CSV / JSON -------------------------------------------------------------------------------------
+    def to_frame(self) -> pl.DataFrame:
+        """Long table: one row per (view, dataset, model|Delta), percent values, paper column names."""
+        metric_cols = ["BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1", "AUC"]
+        records: list[dict[str, Any]] = []
+        for c in self.comparisons:
+            rn = c.view.rate_name
+            pct = c.ci.to_dict() if c.ci is not None else None
+
+            def rec(
+                model: str,
+                values: dict[str, Any],
+                ci: list[float | None] | None,
+                c: DatasetComparison = c,
+                rn: str = rn,
+            ) -> dict[str, Any]:
+                r: dict[str, Any] = {
+                    "view": c.view.name,
+                    "dataset": c.dataset,
+                    "model": model,
+                    "rate_name": rn,
+                    "rate": c.rate * 100,
+                    "model_rate": values.get(f"Model {rn}"),
+                }
+                r.update({k: values.get(k) for k in metric_cols})
+                r["BACC_ci_low"] = None if ci is None else ci[0]
+                r["BACC_ci_high"] = None if ci is None else ci[1]
+                r["n"] = c.candidate.n
+                r["n_defect"] = c.candidate.n_defect
+                return r
+
+            if c.baseline is not None:
+                records.append(
+                    rec(c.baseline_name, c.baseline.to_paper(rn), pct["baseline"] if pct else None)
+                )
+            records.append(rec(c.candidate_name, c.candidate.to_paper(rn), pct["candidate"] if pct else None))
+            if c.baseline is not None:
+                records.append(rec("Delta", c.delta(), pct["delta"] if pct else None))
+        schema = {
+            "view": pl.String,
+            "dataset": pl.String,
+            "model": pl.String,
+            "rate_name": pl.String,
+            "rate": pl.Float64,
+            "model_rate": pl.Float64,
+            **{k: pl.Float64 for k in metric_cols},
+            "BACC_ci_low": pl.Float64,
+            "BACC_ci_high": pl.Float64,
+            "n": pl.Int64,
+            "n_defect": pl.Int64,
+        }
+        frame = pl.DataFrame(records, schema=schema)
+        return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        self.to_frame().write_csv(buf, float_precision=4)
+        return buf.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "adnanny_eval_version": __version__,
+            "units": "percent",
+            "views": {v: [c.to_dict() for c in self.by_view(v)] for v in self.views()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    # ---- folder -----------------------------------------------------------------------------------------
+    def write(
+        self, out_dir: str | os.PathLike[str], *, stem: str = "report", chart: bool = True
+    ) -> dict[str, Path]:
+        """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``bacc.png`` atomically into `out_dir`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "markdown": atomic_write_text(out / f"{stem}.md", self.to_markdown()),
+            "csv": atomic_write_text(out / f"{stem}.csv", self.to_csv()),
+            "json": atomic_write_text(out / f"{stem}.json", self.to_json()),
+        }
+        if chart:
+            from adnanny_eval.plots import bacc_bar_chart
+
+            paths["png"] = bacc_bar_chart(self, out / "bacc.png")
+        return paths
