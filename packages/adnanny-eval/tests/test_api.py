@@ -29,6 +29,7 @@ EXPECTED_ALL = {
     "balanced_accuracy",
     "binary_metrics",
     "compare_dataset",
+    "compare_tables",
     "confusion_counts",
     "encode_labels",
     "evaluate",

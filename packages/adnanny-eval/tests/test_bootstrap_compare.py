@@ -9,7 +9,15 @@ import polars as pl
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from adnanny_eval import AdNannyEvalError, ComparisonReport, compare_dataset, paired_bootstrap_bacc
+from adnanny_eval import (
+    AdNannyEvalError,
+    ComparisonReport,
+    LabelError,
+    compare_dataset,
+    evaluate,
+    paired_bootstrap_bacc,
+)
+from adnanny_eval.compare import compare_tables
 
 
 @pytest.fixture
@@ -36,6 +44,12 @@ def test_multinomial_bootstrap_matches_index_resampling(three):
         deltas.append(bacc(y[idx], c[idx]) - bacc(y[idx], b[idx]))
     lo, hi = np.quantile(deltas, [0.025, 0.975])
     assert abs(ci.delta[0] - lo) < 0.012 and abs(ci.delta[1] - hi) < 0.012
+    # the interval's level is honoured: it holds ~95% of the independent index bootstrap (a 90% one ~90%)
+    inside = np.mean((np.array(deltas) >= ci.delta[0]) & (np.array(deltas) <= ci.delta[1]))
+    assert 0.935 < inside < 0.965
+    ci80 = paired_bootstrap_bacc(y, c, b, n_resamples=4000, seed=1, level=0.8)
+    inside80 = np.mean((np.array(deltas) >= ci80.delta[0]) & (np.array(deltas) <= ci80.delta[1]))
+    assert 0.77 < inside80 < 0.83
     point = balanced_accuracy_score(y, c) - balanced_accuracy_score(y, b)
     assert ci.delta[0] < point < ci.delta[1]
     assert ci.candidate[0] < balanced_accuracy_score(y, c) < ci.candidate[1]
@@ -61,6 +75,8 @@ def test_bootstrap_counts_degenerate_resamples():
     y = np.array([True] * 30 + [False])  # one defect: many resamples miss it
     ci = paired_bootstrap_bacc(y, y, n_resamples=500, seed=0)
     assert 0 < ci.n_degenerate < 500 and ci.baseline is None
+    # degenerate resamples are dropped, not propagated: the interval stays finite
+    assert np.isfinite(ci.candidate).all() and ci.candidate[1] == 1.0
 
 
 def test_bootstrap_argument_errors(three):
@@ -138,7 +154,59 @@ def test_report_files(tmp_path):
     assert frame.filter(pl.col("model") == "Delta").get_column("BACC").item() == pytest.approx(
         16.6667, abs=1e-3
     )
+    assert frame.get_column("bootstrap_resamples").to_list() == [200] * 3
+    assert frame.get_column("bootstrap_seed").to_list() == [0] * 3
+    assert frame.get_column("bootstrap_level").to_list() == [0.95] * 3
     data = json.loads(paths["json"].read_text())
     entry = data["views"]["bad"][0]
     assert entry["bootstrap"]["n_resamples"] == 200 and entry["bootstrap"]["seed"] == 0
     assert entry["candidate"]["BACC"] == pytest.approx(90.0) and data["units"] == "percent"
+
+
+def test_report_write_is_all_or_nothing(tmp_path, monkeypatch):
+    import adnanny_eval.plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib exploded")
+
+    monkeypatch.setattr(adnanny_eval.plots, "render_bacc_png", broken)
+    with pytest.raises(RuntimeError, match="exploded"):
+        ComparisonReport((_comparison(),)).write(tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_compare_tables_aligns_baseline_joined_in_another_order():
+    rng = np.random.default_rng(4)
+    n = 300
+    ids = [f"r{i}" for i in range(n)]
+    labels = np.array(["bad", "fair", "good"])
+    gold = pl.DataFrame({"id": ids, "label": labels[rng.integers(0, 3, n)]})
+    cand = pl.DataFrame({"id": ids, "label": labels[rng.integers(0, 3, n)]}).reverse()
+    base = pl.DataFrame({"id": ids, "label": labels[rng.integers(0, 3, n)]})
+    base = base.sample(fraction=1.0, shuffle=True, seed=1)
+    comp = compare_tables("X", "bad", gold, cand, base, n_resamples=50)
+    for table, got in ((cand, comp.candidate), (base, comp.baseline)):
+        aligned = gold.join(table, on="id", suffix="_p")
+        ref = evaluate(aligned.get_column("label"), aligned.get_column("label_p"), "bad")
+        assert got == ref
+
+
+def test_compare_tables_names_file_and_column_and_requires_a_named_score():
+    gold = pl.DataFrame({"id": ["a", "b"], "label": ["bad", "good"]})
+    pred = pl.DataFrame({"id": ["a", "b"], "label": ["bad", "meh"], "p": [0.1, 0.9]})
+    with pytest.raises(LabelError, match=r"`preds.csv:label` has 1 row\(s\) with label\(s\) \['meh'\].*'b'"):
+        compare_tables("X", "bad", gold, pred, sources={"candidate": "preds.csv"}, n_resamples=0)
+    ok = pred.with_columns(pl.Series("label", ["bad", "good"]))
+    with pytest.raises(AdNannyEvalError, match=r"`preds.csv` has no score column 'prob'.*`--score-col`"):
+        compare_tables("X", "bad", gold, ok, score_col="prob", sources={"candidate": "preds.csv"})
+    assert compare_tables("X", "bad", gold, ok, score_col="p", n_resamples=0).candidate.auc == 1.0
+    assert compare_tables("X", "bad", gold, ok, n_resamples=0).candidate.auc is None  # no `score` column
+
+
+def test_degenerate_comparison_warns_naming_model_and_dataset():
+    from adnanny_eval import DegenerateMetricWarning
+
+    match = r"BACC, NegAcc undefined for AdNanny on Dataset Z \(bad view\)"
+    with pytest.warns(DegenerateMetricWarning, match=match):
+        comp = compare_dataset("Dataset Z", "bad", ["good", "fair"], ["good", "bad"], candidate_name="AdNanny")
+    assert np.isnan(comp.candidate.bacc) and comp.to_dict()["candidate"]["BACC"] is None  # NaN -> null, not 0

@@ -251,7 +251,7 @@ def test_missing_score_names_the_id_and_degenerate_data_warns(tmp_path):
     )
     assert (
         proc.returncode == 2
-        and "`candidate score` is missing or not finite for 1 row(s) (ids: 'b')" in proc.stderr
+        and "p.csv:score` is missing or not finite for 1 row(s) (ids: 'b')" in proc.stderr
     )
     proc = run(
         "report",
@@ -261,8 +261,7 @@ def test_missing_score_names_the_id_and_degenerate_data_warns(tmp_path):
         str(tmp_path / "p.csv"),
         "--view",
         "bad",
-        "--score-col",
-        "none",
+        "--no-auc",
         "--json",
     )
     obj = json.loads(proc.stdout)
@@ -304,3 +303,19 @@ def test_querygen_verb_and_demo_with_querygen(tmp_path):
     assert (tmp_path / "qg" / "querygen.md").is_file()
     run("demo", "--out", str(tmp_path / "demo"), "--querygen", "--n-resamples", "100")
     assert "Query generation" in (tmp_path / "demo" / "report.md").read_text()
+
+
+def test_bad_input_writes_nothing_and_names_file_and_column(tmp_path):
+    pl.DataFrame({"id": ["a", "b"], "label": ["bad", "good"]}).write_csv(tmp_path / "g.csv")
+    pred = pl.DataFrame({"id": ["a", "b"], "label": ["bad", "excellent"], "p": [0.1, 0.9]})
+    pred.write_csv(tmp_path / "p.csv")
+    out = tmp_path / "report"
+    args = ["report", "--gold", str(tmp_path / "g.csv"), "--pred", str(tmp_path / "p.csv"), "--view", "bad"]
+    proc = run(*args, "--out", str(out), check=False)
+    assert proc.returncode == 2 and "p.csv:label` has 1 row(s) with label(s) ['excellent']" in proc.stderr
+    assert "ids: 'b'" in proc.stderr and not out.exists()
+    pl.DataFrame({"id": ["a", "b"], "label": ["bad", "good"], "p": [0.1, 0.9]}).write_csv(tmp_path / "p.csv")
+    proc = run(*args, "--score-col", "prob", "--json", check=False)  # a named score column must exist
+    assert proc.returncode == 2 and "has no score column 'prob'" in proc.stderr
+    obj = json.loads(run(*args, "--score-col", "p", "--json", "--n-resamples", "0").stdout)
+    assert obj["AUC"] == 100.0

@@ -77,3 +77,25 @@ def test_report_renders_decision_and_rule():
     md = rep.to_markdown()
     assert "**Decision: PROCEED**" in md and "Wilson 95% lower bound" in md
     assert '"decision": "proceed"' in rep.to_json()
+
+
+def test_category_check_applies_from_exactly_min_category_judgments():
+    frame = pl.concat([judgments(60, 10, 0, "relevance"), judgments(3, 3, 4, "writing")])  # writing: n = 10
+    rep = gate_report(frame, GateRule(min_category_judgments=10, max_category_loss_share=0.35))
+    assert rep.failed == ["category `writing` loss share 40.0% over 10 judgments (max 35%)"]
+    assert gate_report(frame, GateRule(min_category_judgments=11)).decision == "proceed"
+
+
+def test_ties_carry_no_preference():
+    # 30 wins vs 10 losses among 100: decisive win rate 75% (LCB ~0.62) proceeds; over all n it would hold
+    rep = gate_report(judgments(30, 60, 10))
+    assert rep.decision == "proceed" and rep.win_rate_lcb == pytest.approx(wilson_lower_bound(30, 40))
+
+
+def test_rule_types_from_toml_are_checked_all_at_once():
+    with pytest.raises(
+        AdNannyEvalError,
+        match=r"`min_judgments` must be an integer, got '30'; `confidence` must be in \[0.5, 1\), got 2",
+    ):
+        GateRule(min_judgments="30", confidence=2)
+    assert GateRule(blocking_categories="Policy, safety").blocking_categories == ("policy", "safety")

@@ -114,6 +114,15 @@ def test_everything_flagged_and_all_defects():
     assert m.neg_acc == 1.0 and m.acc == 1.0 and m.dr == 1.0
 
 
+def test_everything_flagged_with_both_gold_classes():
+    y = np.array([True, False, True, False])
+    p = np.zeros(4, bool)
+    with pytest.warns(DegenerateMetricWarning, match="PosPrec undefined.*everything flagged as defect"):
+        m = binary_metrics(y, p)
+    _only(m, {"PosPrec"})
+    assert m.pos_acc == 0.0 and m.neg_acc == 1.0 and m.bacc == 0.5 and m.model_dr == 1.0 and m.pos_f1 == 0.0
+
+
 def test_empty_input_all_nan_with_warning():
     with pytest.warns(DegenerateMetricWarning, match="no rows"):
         m = binary_metrics(np.array([], bool), np.array([], bool))

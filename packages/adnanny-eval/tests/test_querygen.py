@@ -46,6 +46,11 @@ def test_diversity_formula():
     # keywords with a single query are skipped; none left -> NaN
     assert math.isnan(diversity(["red shoes"], ["k"], enc))
     assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
+    # one-word queries have no bigram: the lexical half falls back to distinct-1 (here 2 of 3 words unique)
+    enc1 = table_encoder({"shoes": [1, 0], "boots": [0, 1]})
+    assert diversity(["shoes", "boots", "shoes"], ["k"] * 3, enc1) == pytest.approx(
+        (1 - (2 * 0 + 2 * 0 + 2 * 1) / 6 + 2 / 3) / 2
+    )
 
 
 def test_bm25_and_difficulty():

@@ -7,7 +7,7 @@ imported only when a chart is drawn or MiniLM is loaded.
 
 from adnanny_eval.__about__ import __version__
 from adnanny_eval.bootstrap import BootstrapCI, paired_bootstrap_bacc
-from adnanny_eval.compare import DatasetComparison, compare_dataset
+from adnanny_eval.compare import DatasetComparison, compare_dataset, compare_tables
 from adnanny_eval.demo import run_demo
 from adnanny_eval.encoders import minilm_encoder, minilm_model_dir
 from adnanny_eval.errors import (
@@ -55,6 +55,7 @@ __all__ = [
     "balanced_accuracy",
     "binary_metrics",
     "compare_dataset",
+    "compare_tables",
     "confusion_counts",
     "encode_labels",
     "evaluate",

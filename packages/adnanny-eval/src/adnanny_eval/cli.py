@@ -37,43 +37,24 @@ def _print_json(obj: Any) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from adnanny_eval.compare import compare_dataset
-    from adnanny_eval.io import join_on_id, read_table
+    from adnanny_eval.compare import compare_tables
+    from adnanny_eval.io import read_table
     from adnanny_eval.report import ComparisonReport
     from adnanny_eval.views import get_view
 
     view = get_view(args.view)
-    gold = read_table(args.gold)
-    jc = join_on_id(
-        gold,
+    name = args.name or Path(args.gold).stem
+    comp = compare_tables(
+        name,
+        view,
+        read_table(args.gold),
         read_table(args.pred),
+        None if args.baseline is None else read_table(args.baseline),
         gold_col=args.gold_col,
         pred_col=args.pred_col,
         score_col=args.score_col,
-        gold_name=str(args.gold),
-        pred_name=str(args.pred),
-    )
-    jb = None
-    if args.baseline is not None:
-        jb = join_on_id(
-            gold,
-            read_table(args.baseline),
-            gold_col=args.gold_col,
-            pred_col=args.pred_col,
-            score_col=args.score_col,
-            gold_name=str(args.gold),
-            pred_name=str(args.baseline),
-        )
-    name = args.name or Path(args.gold).stem
-    comp = compare_dataset(
-        name,
-        view,
-        jc.gold,
-        jc.pred,
-        None if jb is None else jb.pred,
-        candidate_score=None if jc.score is None else jc.score.to_numpy(),
-        baseline_score=None if jb is None or jb.score is None else jb.score.to_numpy(),
-        ids=jc.ids,
+        ignore_score=args.no_auc,
+        sources={"gold": str(args.gold), "candidate": str(args.pred), "baseline": str(args.baseline)},
         candidate_name=args.candidate_name,
         baseline_name=args.baseline_name,
         n_resamples=args.n_resamples,
@@ -206,10 +187,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         flag = getattr(args, key)
         if flag is not None:
             values[key] = flag
-    if "blocking_categories" in values:
-        raw = values["blocking_categories"]
-        values["blocking_categories"] = tuple(raw.split(",") if isinstance(raw, str) else raw)
-    rule = GateRule(**values)
+    rule = GateRule(**values)  # validates every key (types and ranges) and splits "a,b" categories
     rep = gate_report(args.judgments, rule, outcome_col=args.outcome_col)
     if args.out is not None:
         out = Path(args.out)
@@ -220,6 +198,12 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     else:
         print(rep.to_markdown(), end="")
     return 3 if args.fail_on_hold and rep.decision == "hold" else 0
+
+
+def _output_flags(p: argparse.ArgumentParser, json_what: str, files: str) -> None:
+    """`--json` and `--out`, shared by the table verbs so their help reads the same."""
+    p.add_argument("--json", action="store_true", help=f"print JSON instead of Markdown: {json_what}")
+    p.add_argument("--out", type=Path, help=f"also write {files} into this folder (atomically)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--gold-col", default="label", help="gold label column (default: label)")
     rp.add_argument("--pred-col", default="label", help="predicted label column (default: label)")
     rp.add_argument(
-        "--score-col", default="score", help="P(non-defect) column for AUC, if present (default: score)"
+        "--score-col",
+        help="P(non-defect) column for AUC; must exist when given (default: `score`, used if present)",
     )
+    rp.add_argument("--no-auc", action="store_true", help="ignore any score column (no AUC)")
     rp.add_argument("--name", help="dataset name in tables (default: gold file stem)")
     rp.add_argument("--candidate-name", default="candidate")
     rp.add_argument("--baseline-name", default="baseline")
@@ -289,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     qp.add_argument("--queries", required=True, type=Path, help="columns keyword, ad_text, query [, model]")
     qp.add_argument("--clicks", type=Path, help="historical clicked queries: columns keyword, query")
     qp.add_argument("--ad-pool", type=Path, help="extra distractor ads for the BM25 matcher: column ad_text")
-    qp.add_argument("--json", action="store_true")
-    qp.add_argument("--out", type=Path)
+    _output_flags(qp, "a list of Table 6 rows (fractions)", "querygen.md/.json")
     qp.set_defaults(func=_cmd_querygen)
 
     gp = sub.add_parser(
@@ -308,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Avg change from unrounded means (default: from displayed averages, as the paper)",
     )
-    gp.add_argument("--json", action="store_true")
-    gp.add_argument("--out", type=Path)
+    _output_flags(gp, "scores, relative changes (%) and the Avg row", "regression.md/.csv/.json")
     gp.set_defaults(func=_cmd_regression)
 
     tp = sub.add_parser(
@@ -331,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument(
         "--fail-on-hold", action="store_true", help="exit with status 3 when the decision is hold"
     )
-    tp.add_argument("--json", action="store_true")
-    tp.add_argument("--out", type=Path)
+    _output_flags(tp, "the decision, counts, categories and checks", "gate.md/.json")
     tp.set_defaults(func=_cmd_gate)
     return parser
 

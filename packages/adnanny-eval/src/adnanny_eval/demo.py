@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from adnanny_eval.compare import DatasetComparison, compare_dataset
+from adnanny_eval.compare import DatasetComparison, compare_tables
 from adnanny_eval.gate import GateRule, gate_report
-from adnanny_eval.io import atomic_open, atomic_write_text, join_on_id, read_table
+from adnanny_eval.io import atomic_open, atomic_write_text, read_table
 from adnanny_eval.regression import regression_table
 from adnanny_eval.report import ComparisonReport
 from adnanny_eval.sample import make_sample_datasets
@@ -247,24 +247,16 @@ def run_demo(
         views = ("bad", "fair", "location", "quality") if ds.kind == "query_ad" else ("ad-user",)
         for view in views:
             col = {"location": "location_label", "quality": "quality_label"}.get(view, "label")
-            jc = join_on_id(
-                gold, cand, gold_col=col, pred_col=col, pred_name=str(folder / "candidate.parquet")
-            )
-            jb = join_on_id(
-                gold, base, gold_col=col, pred_col=col, pred_name=str(folder / "baseline.parquet")
-            )
             comps.append(
-                compare_dataset(
+                compare_tables(
                     ds.name,
                     view,
-                    jc.gold,
-                    jc.pred,
-                    jb.pred,
-                    candidate_score=None if jc.score is None else jc.score.to_numpy(),
-                    baseline_score=None if jb.score is None else jb.score.to_numpy(),
-                    ids=jc.ids,
-                    candidate_name="candidate",
-                    baseline_name="baseline",
+                    gold,
+                    cand,
+                    base,
+                    gold_col=col,
+                    pred_col=col,
+                    sources={r: str(folder / f"{r}.parquet") for r in ("gold", "candidate", "baseline")},
                     n_resamples=n_resamples,
                     seed=seed,
                 )
@@ -275,14 +267,16 @@ def run_demo(
     paths = report.write(out, chart=chart)
 
     bench = pl.DataFrame(PAPER_TABLE8)
-    bench.write_csv(data / "benchmarks.csv")
+    with atomic_open(data / "benchmarks.csv", "wb") as fh:
+        bench.write_csv(fh)
     reg = regression_table(bench)
     paths["regression_md"] = atomic_write_text(out / "regression.md", reg.to_markdown())
     paths["regression_csv"] = atomic_write_text(out / "regression.csv", reg.to_csv())
     paths["regression_json"] = atomic_write_text(out / "regression.json", reg.to_json())
 
     judgments = sample_judgments(seed)
-    judgments.write_ndjson(data / "judgments.jsonl")
+    with atomic_open(data / "judgments.jsonl", "wb") as fh:
+        judgments.write_ndjson(fh)
     gate = gate_report(judgments, GateRule(blocking_categories=()))
     paths["gate_md"] = atomic_write_text(out / "gate.md", gate.to_markdown())
     paths["gate_json"] = atomic_write_text(out / "gate.json", gate.to_json())

@@ -6,13 +6,20 @@ says how to fix it. Callers catch `AdNannyEvalError` to handle every input probl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
+    "MAX_SHOWN",
     "AdNannyEvalError",
     "DegenerateMetricWarning",
     "InputFileError",
     "JoinError",
     "LabelError",
+    "shown",
 ]
+
+# How many offending ids a message lists; the rest are counted, so a 10M-row mistake stays one line.
+MAX_SHOWN = 10
 
 
 class AdNannyEvalError(ValueError):
@@ -33,3 +40,13 @@ class InputFileError(AdNannyEvalError):
 
 class DegenerateMetricWarning(UserWarning):
     """A metric is undefined for this data (e.g. no defects) and was returned as NaN."""
+
+
+def shown(head: Sequence[str], total: int) -> str:
+    """``a, b, c and 7 more``: the first `MAX_SHOWN` of `head` (already formatted) and a count of the rest.
+
+    Callers pass only the head they formatted (not all offenders), so naming ids stays cheap on huge files.
+    """
+    text = ", ".join(head[:MAX_SHOWN])
+    more = total - min(len(head), MAX_SHOWN)
+    return text + (f" and {more} more" if more > 0 else "")

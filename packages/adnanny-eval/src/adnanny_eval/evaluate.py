@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from adnanny_eval.errors import LabelError
 from adnanny_eval.io import join_on_id, read_table
 from adnanny_eval.metrics import BinaryMetrics, binary_metrics
-from adnanny_eval.errors import LabelError
 from adnanny_eval.views import View, format_ids, get_view, to_positive
 
 __all__ = ["check_scores", "evaluate", "evaluate_files"]
@@ -27,7 +27,7 @@ def check_scores(score: Any, ids: Any | None = None, *, what: str = "score") -> 
         rows = np.flatnonzero(bad)
         raise LabelError(
             f"`{what}` is missing or not finite for {len(rows)} row(s) (ids: {format_ids(ids, rows)}); drop "
-            "those rows from both files, or evaluate without AUC (`--score-col` naming no column)"
+            "those rows from both files, or evaluate without AUC (`--no-auc`)"
         )
     return s
 

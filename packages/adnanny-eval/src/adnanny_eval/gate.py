@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from adnanny_eval.errors import AdNannyEvalError, LabelError
+from adnanny_eval.errors import MAX_SHOWN, AdNannyEvalError, LabelError, shown
 from adnanny_eval.report import markdown_table
 
 __all__ = ["GateReport", "GateRule", "gate_report", "wilson_lower_bound"]
@@ -61,23 +61,38 @@ class GateRule:
     blocking_categories: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.min_judgments < 1:
-            raise AdNannyEvalError(f"`min_judgments` must be >= 1, got {self.min_judgments}")
-        if not 0.5 <= self.confidence < 1:
-            raise AdNannyEvalError(f"`confidence` must be in [0.5, 1), got {self.confidence}")
-        if not 0 <= self.min_win_rate_lcb <= 1:
-            raise AdNannyEvalError(f"`min_win_rate_lcb` must be in [0, 1], got {self.min_win_rate_lcb}")
-        if not 0 <= self.max_category_loss_share <= 1:
-            raise AdNannyEvalError(
-                f"`max_category_loss_share` must be in [0, 1], got {self.max_category_loss_share}"
-            )
-        if self.min_category_judgments < 1:
-            raise AdNannyEvalError(
-                f"`min_category_judgments` must be >= 1, got {self.min_category_judgments}"
-            )
-        object.__setattr__(
-            self, "blocking_categories", tuple(c.strip().lower() for c in self.blocking_categories)
-        )
+        # Values often come from TOML: check types as well as ranges, and report every bad key at once.
+        problems: list[str] = []
+
+        def number(key: str, *, integer: bool) -> float | None:
+            value = getattr(self, key)
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok:
+                kind = "an integer" if integer else "a number"
+                problems.append(f"`{key}` must be {kind}, got {value!r}")
+                return None
+            return value
+
+        for key, lo in (("min_judgments", 1), ("min_category_judgments", 1)):
+            v = number(key, integer=True)
+            if v is not None and v < lo:
+                problems.append(f"`{key}` must be >= {lo}, got {v}")
+        v = number("confidence", integer=False)
+        if v is not None and not 0.5 <= v < 1:
+            problems.append(f"`confidence` must be in [0.5, 1), got {v}")
+        for key in ("min_win_rate_lcb", "max_category_loss_share"):
+            v = number(key, integer=False)
+            if v is not None and not 0 <= v <= 1:
+                problems.append(f"`{key}` must be in [0, 1], got {v}")
+        cats = self.blocking_categories
+        if isinstance(cats, str):  # "policy,safety" from a flag or a TOML string
+            cats = tuple(cats.split(","))
+        if not all(isinstance(c, str) for c in cats):
+            problems.append(f"`blocking_categories` must be category names, got {cats!r}")
+            cats = ()
+        if problems:
+            raise AdNannyEvalError("invalid gate rule: " + "; ".join(problems) + " — fix these keys")
+        object.__setattr__(self, "blocking_categories", tuple(c.strip().lower() for c in cats if c.strip()))
 
     def describe(self) -> str:
         text = (
@@ -182,10 +197,10 @@ def _norm_outcomes(frame: pl.DataFrame, col: str, ids: list[Any]) -> list[str]:
         else:
             out.append(_OUTCOMES[key])
     if bad:
-        shown = ", ".join(f"{i!r}: {v!r}" for i, v in bad[:10])
+        listed = shown([f"{i!r}: {v!r}" for i, v in bad[:MAX_SHOWN]], len(bad))
         raise LabelError(
-            f"`{col}` must be win, tie or loss (candidate's side); {len(bad)} row(s) are not ({shown}"
-            f"{' …' if len(bad) > 10 else ''})"
+            f"`{col}` must be win, tie or loss (candidate's side); {len(bad)} row(s) are not ({listed}); "
+            "fix those rows or drop them"
         )
     return out
 

@@ -18,11 +18,9 @@ from typing import IO
 
 import polars as pl
 
-from adnanny_eval.errors import InputFileError, JoinError
+from adnanny_eval.errors import MAX_SHOWN, InputFileError, JoinError, shown
 
 __all__ = ["Joined", "atomic_open", "atomic_write_bytes", "atomic_write_text", "join_on_id", "read_table"]
-
-_MAX_IDS_SHOWN = 10
 
 
 def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
@@ -59,9 +57,7 @@ def _require(df: pl.DataFrame, column: str, source: str, flag: str) -> None:
 
 
 def _shown(ids: list[str]) -> str:
-    head = ", ".join(repr(i) for i in ids[:_MAX_IDS_SHOWN])
-    more = len(ids) - _MAX_IDS_SHOWN
-    return head + (f" and {more} more" if more > 0 else "")
+    return shown([repr(i) for i in ids[:MAX_SHOWN]], len(ids))
 
 
 def _ids(df: pl.DataFrame, source: str) -> pl.Series:
@@ -111,7 +107,9 @@ def join_on_id(
         )
     g_ids = _ids(gold, gold_name)
     p_ids = _ids(pred, pred_name)
-    g = pl.DataFrame({"id": g_ids, "__gold": gold.get_column(gold_col)})
+    # `__row` pins gold file order explicitly: a candidate and a baseline joined separately must line up
+    # row for row (the paired bootstrap relies on it), whatever order the join engine emits.
+    g = pl.DataFrame({"id": g_ids, "__gold": gold.get_column(gold_col)}).with_row_index("__row")
     cols = {"id": p_ids, "__pred": pred.get_column(pred_col)}
     if has_score:
         cols["__score"] = pred.get_column(score_col).cast(pl.Float64, strict=False)  # type: ignore[arg-type]
@@ -133,7 +131,7 @@ def join_on_id(
             + "; ".join(parts)
             + "; evaluate on matching files (filter both to the same ids)"
         )
-    joined = g.join(p, on="id", how="left", maintain_order="left")
+    joined = g.join(p, on="id", how="left").sort("__row")
     return Joined(
         ids=joined.get_column("id"),
         gold=joined.get_column("__gold"),

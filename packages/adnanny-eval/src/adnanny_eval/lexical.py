@@ -3,7 +3,8 @@
 Frozen means nothing is learned from the queries being judged: the index is built from the ad texts alone,
 with fixed parameters k1 = 1.2, b = 0.75, the BM25+-style non-negative idf
 ``ln(1 + (N − df + 0.5) / (df + 0.5))``, and a fixed tokenizer (lower-case ASCII letters/digits runs).
-Scoring is a sparse matrix product in numpy: [queries × vocab] term counts times [vocab × docs] weights.
+Scoring is a dense matrix product in numpy: [queries × vocab] term counts times [vocab × docs] weights
+(ad sets here are thousands of texts at most; a larger pool would want scipy.sparse).
 """
 
 from __future__ import annotations

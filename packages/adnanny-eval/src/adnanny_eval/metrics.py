@@ -68,6 +68,20 @@ METRIC_NAMES: tuple[str, ...] = (
     "NegF1",
     "AUC",
 )
+# BinaryMetrics attribute behind each paper column, in METRIC_NAMES order.
+_FIELDS: tuple[str, ...] = (
+    "dr",
+    "model_dr",
+    "bacc",
+    "acc",
+    "pos_acc",
+    "pos_prec",
+    "neg_acc",
+    "neg_prec",
+    "pos_f1",
+    "neg_f1",
+    "auc",
+)
 
 
 @dataclass(frozen=True)
@@ -125,20 +139,11 @@ class BinaryMetrics:
         `rate_name` is ``DR`` (query–ad) or ``RR`` (ad–user); ``AUC`` is present only when scores were given.
         """
         scale = 100.0 if percent else 1.0
-        values: dict[str, float | int] = {
-            rate_name: self.dr * scale,
-            f"Model {rate_name}": self.model_dr * scale,
-            "BACC": self.bacc * scale,
-            "Acc": self.acc * scale,
-            "PosAcc": self.pos_acc * scale,
-            "PosPrec": self.pos_prec * scale,
-            "NegAcc": self.neg_acc * scale,
-            "NegPrec": self.neg_prec * scale,
-            "PosF1": self.pos_f1 * scale,
-            "NegF1": self.neg_f1 * scale,
-        }
-        if self.auc is not None:
-            values["AUC"] = self.auc * scale
+        values: dict[str, float | int] = {}
+        for name, attr in zip(METRIC_NAMES, _FIELDS, strict=True):
+            value = getattr(self, attr)
+            if value is not None:  # only AUC can be absent
+                values[name.replace("DR", rate_name)] = value * scale
         values["n"] = self.n
         values["n_defect"] = self.n_defect
         return values

@@ -6,6 +6,7 @@ matplotlib is imported only here and only when a chart is drawn, with the non-in
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from adnanny_eval.io import atomic_open
 if TYPE_CHECKING:
     from adnanny_eval.report import ComparisonReport
 
-__all__ = ["bacc_bar_chart"]
+__all__ = ["bacc_bar_chart", "render_bacc_png"]
 
 _BASE_COLOR = "#9aa5b1"
 _CAND_COLOR = "#1f6feb"
@@ -45,6 +46,16 @@ def _bars(ax, x, width: float, values, lows, highs, color: str, label: str) -> N
 
 def bacc_bar_chart(report: ComparisonReport, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
     """Draw BACC per dataset (percent) with bootstrap CI whiskers; one panel per view; write PNG atomically."""
+    target = Path(path)
+    data = render_bacc_png(report, dpi=dpi)
+    with atomic_open(target, "wb") as fh:
+        fh.write(data)
+    return target
+
+
+def render_bacc_png(report: ComparisonReport, *, dpi: int = 120) -> bytes:
+    """The BACC chart as PNG bytes: rendered in memory so a report folder is written only once all of
+    its parts exist (a plotting failure must not leave Markdown/CSV/JSON without their chart)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -92,8 +103,9 @@ def bacc_bar_chart(report: ComparisonReport, path: str | os.PathLike[str], *, dp
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
     fig.suptitle("")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    target = Path(path)
-    with atomic_open(target, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=dpi)
-    plt.close(fig)
-    return target
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

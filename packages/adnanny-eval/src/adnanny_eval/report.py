@@ -20,7 +20,8 @@ import polars as pl
 
 from adnanny_eval.__about__ import __version__
 from adnanny_eval.compare import DatasetComparison, table_columns
-from adnanny_eval.io import atomic_write_text
+from adnanny_eval.io import atomic_write_bytes, atomic_write_text
+from adnanny_eval.metrics import METRIC_NAMES
 
 __all__ = ["ComparisonReport", "fmt", "markdown_table"]
 
@@ -115,6 +116,7 @@ class ComparisonReport:
             ci_rows.append(row)
         if ci_rows and ci_info is not None:
             lvl = f"{ci_info.level * 100:g}%"
+            degenerate = sum(c.ci.n_degenerate for c in comps if c.ci is not None)
             first = comps[0]
             head = ["Dataset"]
             if first.baseline is not None:
@@ -124,7 +126,10 @@ class ComparisonReport:
                 head.append(f"Δ BACC [{lvl} CI]")
             parts += [
                 "",
-                f"BACC with {lvl} paired bootstrap intervals ({ci_info.n_resamples} resamples, seed {ci_info.seed}):",
+                f"BACC with {lvl} paired bootstrap intervals "
+                f"({ci_info.n_resamples} resamples, seed {ci_info.seed}"
+                + (f"; {degenerate} resample(s) with one gold class dropped" if degenerate else "")
+                + "):",
                 "",
                 markdown_table(head, ci_rows),
             ]
@@ -145,7 +150,7 @@ class ComparisonReport:
     # ---- CSV / JSON -------------------------------------------------------------------------------------
     def to_frame(self) -> pl.DataFrame:
         """Long table: one row per (view, dataset, model|Delta), percent values, paper column names."""
-        metric_cols = ["BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1", "AUC"]
+        metric_cols = list(METRIC_NAMES[2:])  # the rates get generic columns: DR or RR by `rate_name`
         records: list[dict[str, Any]] = []
         for c in self.comparisons:
             rn = c.view.rate_name
@@ -171,6 +176,11 @@ class ComparisonReport:
                 r["BACC_ci_high"] = None if ci is None else ci[1]
                 r["n"] = c.candidate.n
                 r["n_defect"] = c.candidate.n_defect
+                # The bootstrap settings travel with every row, so the CSV alone reproduces the intervals.
+                r["bootstrap_resamples"] = None if c.ci is None else c.ci.n_resamples
+                r["bootstrap_seed"] = None if c.ci is None else c.ci.seed
+                r["bootstrap_level"] = None if c.ci is None else c.ci.level
+                r["bootstrap_degenerate"] = None if c.ci is None else c.ci.n_degenerate
                 return r
 
             if c.baseline is not None:
@@ -192,6 +202,10 @@ class ComparisonReport:
             "BACC_ci_high": pl.Float64,
             "n": pl.Int64,
             "n_defect": pl.Int64,
+            "bootstrap_resamples": pl.Int64,
+            "bootstrap_seed": pl.Int64,
+            "bootstrap_level": pl.Float64,
+            "bootstrap_degenerate": pl.Int64,
         }
         frame = pl.DataFrame(records, schema=schema)
         return frame.with_columns(pl.col(pl.Float64).fill_nan(None))
@@ -217,15 +231,21 @@ class ComparisonReport:
         self, out_dir: str | os.PathLike[str], *, stem: str = "report", chart: bool = True
     ) -> dict[str, Path]:
         """Write ``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``bacc.png`` atomically into `out_dir`."""
+        # Render every part first, then write: a failure while rendering leaves no partial folder behind.
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "markdown": atomic_write_text(out / f"{stem}.md", self.to_markdown()),
-            "csv": atomic_write_text(out / f"{stem}.csv", self.to_csv()),
-            "json": atomic_write_text(out / f"{stem}.json", self.to_json()),
+        parts: dict[str, tuple[Path, str | bytes]] = {
+            "markdown": (out / f"{stem}.md", self.to_markdown()),
+            "csv": (out / f"{stem}.csv", self.to_csv()),
+            "json": (out / f"{stem}.json", self.to_json()),
         }
         if chart:
-            from adnanny_eval.plots import bacc_bar_chart
+            from adnanny_eval.plots import render_bacc_png
 
-            paths["png"] = bacc_bar_chart(self, out / "bacc.png")
+            parts["png"] = (out / "bacc.png", render_bacc_png(self))
+        paths: dict[str, Path] = {}
+        for kind, (path, content) in parts.items():
+            if isinstance(content, bytes):
+                paths[kind] = atomic_write_bytes(path, content)
+            else:
+                paths[kind] = atomic_write_text(path, content)
         return paths

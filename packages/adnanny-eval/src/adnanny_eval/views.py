@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from adnanny_eval.errors import AdNannyEvalError, LabelError
+from adnanny_eval.errors import MAX_SHOWN, AdNannyEvalError, LabelError, shown
 
 __all__ = [
     "VIEWS",
@@ -44,8 +44,6 @@ __all__ = [
     "normalize_label",
     "to_positive",
 ]
-
-_MAX_IDS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -206,14 +204,11 @@ def encode_labels(values: Any) -> EncodedLabels:
 
 def format_ids(ids: Any, rows: np.ndarray) -> str:
     """The first ids (or row numbers) of `rows`, for error messages, with a count of the rest."""
-    shown = rows[:_MAX_IDS_SHOWN]
+    head = rows[:MAX_SHOWN]
     if ids is None:
-        text = ", ".join(f"row {int(r)}" for r in shown)
-    else:
-        id_series = ids if isinstance(ids, pl.Series) else pl.Series("id", ids, strict=False)
-        text = ", ".join(repr(v) for v in id_series.gather(shown).to_list())
-    more = len(rows) - len(shown)
-    return text + (f" and {more} more" if more > 0 else "")
+        return shown([f"row {int(r)}" for r in head], len(rows))
+    id_series = ids if isinstance(ids, pl.Series) else pl.Series("id", ids, strict=False)
+    return shown([repr(v) for v in id_series.gather(head).to_list()], len(rows))
 
 
 def to_positive(
