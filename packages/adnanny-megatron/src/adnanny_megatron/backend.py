@@ -1,0 +1,373 @@
+"""The Megatron implementation of adnanny-sft's :class:`~adnanny_sft.backend.TrainingBackend` protocol.
+
+Numerics (must equal the HF backend's, see ``adnanny_sft.backend``):
+
+* per-sample loss ``ℓ_b = Σ_t loss_mask[b,t] · CE(logits[b,t-1], input_ids[b,t])`` (eq. 1), computed on
+  the last pipeline stage from megatron's per-token cross entropy (fp32);
+* the gradient accumulated by ``forward_backward`` is ∇ Σ_b sample_weights[b]·ℓ_b over the *whole*
+  batch. Every rank receives the same global batch; data-parallel rank r trains on its contiguous
+  slice. Megatron's schedule divides each micro-batch loss by the number of micro-batches and its DDP
+  averages over DP, so the micro-batch objective handed to the schedule is
+  ``dp · n_micro · Σ_{b∈mb} w_b ℓ_b`` — the two factors cancel those divisions exactly;
+* gradients are reduced across DP (and the embedding/expert groups) once, in :meth:`optimizer_step`
+  (``finalize_model_grads``), so several ``forward_backward`` calls accumulate like the HF backend;
+* per-sample values are gathered over DP and broadcast from the last stage: every rank returns the
+  same float32 CPU tensor [B].
+
+Checkpoints are megatron ``dist_checkpointing`` (torch_dist) directories holding the model, the optimizer
+(the §4.1.3 stub contributes nothing) and a small common state (step count, LR schedule position), so
+``load`` on a fresh backend of the same — or, for model weights, a different — layout resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adnanny_megatron.errors import AdNannyMegatronError
+
+if TYPE_CHECKING:
+    import torch
+
+    from adnanny_sft.backend import Batch
+
+__all__ = ["MegatronBackend", "TrainSettings", "lr_factor"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Step-level knobs of the backend (optimizer knobs live in :class:`adnanny_megatron.optim.OptimSettings`)."""
+
+    micro_batch_size: int = 1
+    warmup_steps: int = 0
+    total_steps: int = 1
+    lr_schedule: str = "constant"  # constant | cosine | linear
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1:
+            raise AdNannyMegatronError(f"`micro_batch_size` must be >= 1, got {self.micro_batch_size!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise AdNannyMegatronError(
+                f"`lr_schedule` must be constant, cosine or linear, got {self.lr_schedule!r}"
+            )
+        if self.warmup_steps < 0 or self.total_steps < 1:
+            raise AdNannyMegatronError(
+                f"`warmup_steps` must be >= 0 and `total_steps` >= 1, got {self.warmup_steps}, {self.total_steps}"
+            )
+
+
+def lr_factor(step: int, s: TrainSettings) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based): linear warm-up then decay."""
+    if s.warmup_steps and step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.lr_schedule == "constant" or s.total_steps <= s.warmup_steps:
+        return 1.0
+    frac = min(1.0, (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps))
+    if s.lr_schedule == "linear":
+        return 1.0 - (1.0 - s.min_lr_ratio) * frac
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def _masks(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids from the padding mask and megatron's boolean attention mask (True = masked)."""
+    import torch
+
+    am = attention_mask.to(torch.long)
+    pos = (am.cumsum(dim=1) - 1).clamp_min(0)  # [B, T]
+    t = am.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()  # [T, T] query x key
+    allowed = causal[None] & am.bool()[:, None, :]  # [B, T, T]
+    return pos, (~allowed)[:, None]  # [B, 1, T, T]
+
+
+class MegatronBackend:
+    """A megatron-core GPTModel (any TP/PP/EP/DP layout) trained through the pipeline schedule."""
+
+    def __init__(self, model_spec: Any, optim: Any, settings: TrainSettings | None = None, *,
+                 seed: int | None = None) -> None:
+        """Build model (DDP-wrapped), optimizer (with the §4.1.3 stub) for the current process groups.
+
+        ``seed`` re-seeds torch and megatron's model-parallel RNG first, so two backends built with the
+        same seed start from identical weights (random init; load real weights with
+        :meth:`load_model_weights`).
+        """
+        from adnanny_megatron import compat
+
+        compat.apply()
+        import torch
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        from adnanny_megatron.optim import build_optimizer
+        from adnanny_megatron.provider import build_model
+
+        if seed is not None:
+            from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+            torch.manual_seed(seed)
+            model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available())
+        self.spec = model_spec
+        self.optim_settings = optim
+        self.settings = settings or TrainSettings()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        config = model_spec.config
+        if config.num_moe_experts and config.tensor_model_parallel_size > 1 and not config.sequence_parallel:
+            raise AdNannyMegatronError(
+                f"training an MoE model with `tp`={config.tensor_model_parallel_size} needs sequence "
+                "parallelism, which the local spec cannot do (torch norms); use tp=1 with `ep` for the "
+                "experts (the paper's layout) or install TransformerEngine"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = build_model(model_spec)
+            if self.device is not None:
+                module.cuda(self.device)
+            ddp_config = DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=False,
+                use_distributed_optimizer=optim.use_distributed_optimizer,
+            )
+            self.model = [DistributedDataParallel(config=config, ddp_config=ddp_config, module=module)]
+        config.finalize_model_grads_func = None  # we reduce once per optimizer step (grad accumulation)
+        config.grad_scale_func = None
+        self.step = 0
+        self.optimizer = build_optimizer(self.model, optim, bf16=bool(config.bf16), step_fn=lambda: self.step)
+        self.step = 0
+        self._apply_lr()
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.zero_grad()
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _apply_lr(self) -> float:
+        lr = self.optim_settings.lr * lr_factor(self.step, self.settings)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def zero_grad(self) -> None:
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def _local_slice(self, batch: Batch) -> tuple[int, int, int]:
+        b = batch.size
+        mbs = self.settings.micro_batch_size
+        if b % (self.dp_size * mbs):
+            raise AdNannyMegatronError(
+                f"batch size {b} must be a multiple of data-parallel size ({self.dp_size}) x "
+                f"`micro_batch_size` ({mbs}); pad the batch or change `micro_batch_size`"
+            )
+        local = b // self.dp_size
+        return self.dp_rank * local, local, local // mbs
+
+    def _run(self, batch: Batch, *, forward_only: bool, nll: bool) -> torch.Tensor:
+        import torch
+        from megatron.core import parallel_state as ps
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        start, local, n_micro = self._local_slice(batch)
+        mbs = self.settings.micro_batch_size
+        t = batch.input_ids.shape[1]
+        ids = batch.input_ids[start : start + local]
+        labels = torch.zeros_like(ids)
+        labels[:, :-1] = ids[:, 1:]  # label at position t is token t+1
+        lmask = torch.zeros(ids.shape, dtype=torch.float32)
+        lmask[:, :-1] = batch.loss_mask[start : start + local, 1:].to(torch.float32)
+        weights = batch.sample_weights[start : start + local].to(torch.float32)
+        pos, attn = _masks(batch.attention_mask[start : start + local])
+        dev = self.device or torch.device("cpu")
+        scale = float(self.dp_size * n_micro)
+
+        def micro(i: int) -> dict[str, torch.Tensor]:
+            sl = slice(i * mbs, (i + 1) * mbs)
+            return {
+                "ids": ids[sl].to(dev), "labels": labels[sl].to(dev), "pos": pos[sl].to(dev),
+                "attn": attn[sl].to(dev), "mask": lmask[sl].to(dev), "w": weights[sl].to(dev),
+            }
+
+        data = iter([micro(i) for i in range(n_micro)])
+
+        def forward_step(data_iterator: Any, model: Any) -> tuple[torch.Tensor, Any]:
+            mb = next(data_iterator)
+            out = model(mb["ids"], mb["pos"], mb["attn"], labels=mb["labels"])  # [mbs, T] per-token CE
+
+            def loss_func(per_token: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                per_token = per_token.float()
+                summed = (per_token * mb["mask"]).sum(dim=1)  # [mbs] eq. 1
+                if nll:
+                    value = summed / mb["mask"].sum(dim=1)
+                    value = torch.where(mb["mask"].sum(dim=1) > 0, value, torch.full_like(value, float("nan")))
+                else:
+                    value = summed
+                loss = (summed * mb["w"]).sum() * scale
+                return loss, {"per_sample": value.detach()}
+
+            return out, loss_func
+
+        for chunk in self.model:
+            chunk.train(not forward_only)
+        fb = get_forward_backward_func()
+        with torch.set_grad_enabled(not forward_only):
+            store = fb(
+                forward_step_func=forward_step,
+                data_iterator=data,
+                model=self.model,
+                num_microbatches=n_micro,
+                seq_length=t,
+                micro_batch_size=mbs,
+                forward_only=forward_only,
+            )
+        if ps.is_pipeline_last_stage():
+            local_vals = torch.cat([d["per_sample"].float() for d in store]).to(dev)
+        else:
+            local_vals = torch.zeros(local, dtype=torch.float32, device=dev)
+        return self._gather(local_vals, batch.size)
+
+    def _gather(self, local_vals: torch.Tensor, total: int) -> torch.Tensor:
+        import torch
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        out = local_vals
+        if self.dp_size > 1:
+            parts = [torch.empty_like(local_vals) for _ in range(self.dp_size)]
+            dist.all_gather(parts, local_vals, group=ps.get_data_parallel_group())
+            out = torch.cat(parts)
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            ranks = ps.get_pipeline_model_parallel_group()
+            last = dist.get_global_rank(ranks, ps.get_pipeline_model_parallel_world_size() - 1)
+            dist.broadcast(out, src=last, group=ranks)
+        if out.numel() != total:
+            raise AdNannyMegatronError(f"gathered {out.numel()} per-sample values, expected {total}")
+        return out.detach().float().cpu()
+
+    # --------------------------------------------------------------------------- the protocol
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        """Forward+backward through the pipeline; returns ℓ_b for the whole batch on every rank."""
+        return self._run(batch, forward_only=False, nll=False)
+
+    def per_sample_nll(self, batch: Batch) -> torch.Tensor:
+        """Token-mean NLL per sample (eq. 3 exponent), no gradient; NaN for samples without targets."""
+        import torch
+
+        with torch.no_grad():
+            return self._run(batch, forward_only=True, nll=True)
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Reduce grads once, clip, step (skipping non-finite updates), advance the LR schedule."""
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads(self.model)
+        lr = self._apply_lr()
+        found_inf = self.optimizer.prepare_grads()  # main grads in place (idempotent; step() repeats it)
+        grad_norm = float(self.optimizer.get_grad_norm())
+        if found_inf or not math.isfinite(grad_norm):
+            self.zero_grad()
+            return {"grad_norm": grad_norm, "lr": lr, "skipped": 1.0}
+        ok, _, _ = self.optimizer.step()
+        self.zero_grad()
+        if not ok:
+            return {"grad_norm": grad_norm, "lr": lr, "skipped": 1.0}
+        self.step += 1
+        return {"grad_norm": grad_norm, "lr": lr, "skipped": 0.0}
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def _sharded_state_dict(self, *, is_loading: bool) -> dict[str, Any]:
+        # The unwrapped module's keys ("decoder.…", "embedding.…") — the same names adnanny-ckpt writes and
+        # reads, so a training checkpoint converts back to HF and an HF conversion loads here.
+        model_sd = self.model[0].module.sharded_state_dict()
+        # The distributed optimizer's default format uses flattened ranges, which torch_dist refuses;
+        # "dp_reshardable" stores each DP rank's buffer shard (reloadable with the same DP size).
+        metadata = (
+            {"distrib_optim_sharding_type": "dp_reshardable"}
+            if self.optim_settings.use_distributed_optimizer
+            else None
+        )
+        return {
+            "model": model_sd,
+            "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata),
+        }
+
+    def save(self, directory: str | Path) -> None:
+        """Write a torch_dist checkpoint (model + optimizer + step) into ``directory`` atomically."""
+        import torch.distributed as dist
+        from megatron.core import dist_checkpointing
+
+        from adnanny_megatron.checkpoint import atomic_dist_dir
+
+        with atomic_dist_dir(directory) as tmp:
+            sd = self._sharded_state_dict(is_loading=False)
+            sd["adnanny"] = {"step": self.step}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dist_checkpointing.save(sd, str(tmp))
+        dist.barrier()
+
+    def load(self, directory: str | Path) -> None:
+        """Restore model, optimizer and step from :meth:`save`'s directory (any layout for the model)."""
+        import torch
+        from megatron.core import dist_checkpointing
+
+        path = Path(directory)
+        if not (path / "metadata.json").is_file():
+            raise AdNannyMegatronError(
+                f"`{path}` is not a megatron dist_checkpointing directory (no metadata.json)"
+            )
+        self._init_optimizer_state()
+        sd = self._sharded_state_dict(is_loading=True)
+        sd["adnanny"] = {"step": 0}
+        with warnings.catch_warnings(), torch.no_grad():  # in-place copies into (views of) leaf params
+            warnings.simplefilter("ignore")
+            loaded = dist_checkpointing.load(sd, str(path))
+            self.model[0].module.load_state_dict(loaded["model"], strict=False)
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        self.step = int(loaded.get("adnanny", {}).get("step", 0))
+        self._restore_adam_step()
+        self._apply_lr()
+
+    def _init_optimizer_state(self) -> None:
+        """Create empty Adam state (incl. ``step``) before a load.
+
+        Without Apex/TE megatron's distributed optimizer reads the shared ``step`` from the inner torch
+        optimizer's state while building the *loading* state dict; a fresh backend has none yet.
+        """
+        import torch
+
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            if getattr(opt, "is_stub_optimizer", False):
+                continue
+            inner = opt.optimizer
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    st = inner.state[p]
+                    if not st:
+                        st["exp_avg"] = torch.zeros_like(p.data)
+                        st["exp_avg_sq"] = torch.zeros_like(p.data)
+                        st["step"] = torch.zeros((), dtype=torch.float32)
+
+    def _restore_adam_step(self) -> None:
+        """Set torch Adam's per-parameter ``step`` to the number of optimizer steps taken.
+
+        Every update in this backend steps all parameters together (skipped updates step none), so the
+        count is exact; it makes resume independent of how each megatron optimizer flavour persists it.
+        """
+        import torch
+
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            if getattr(opt, "is_stub_optimizer", False):
+                continue
+            for st in opt.optimizer.state.values():
+                if "step" in st:
+                    st["step"] = torch.tensor(float(self.step), dtype=torch.float32)
+
+    def load_model_weights(self, directory: str | Path) -> None:
+        """Load only model weights from a torch_dist dir (e.g. adnanny-ckpt's HF->Megatron output)."""
+        from adnanny_megatron.checkpoint import load_model_weights
+
+        load_model_weights(self.model[0].module, directory)
+        self.optimizer.reload_model_params()  # bf16: refresh the fp32 main params from the new weights

@@ -1,0 +1,287 @@
+"""Make megatron-core run without TransformerEngine, and without CUDA at all.
+
+Why this module exists: megatron-core is written for CUDA + TransformerEngine (TE). AdNanny trains on
+GPUs, but every test, the parity harness and the CPU benchmark run the *same* megatron code on CPU over
+gloo. Two independent groups of fixes make that possible; :func:`apply` installs both, idempotently, and
+nothing happens at import time.
+
+1. Missing-TE fixes (applied whenever ``transformer_engine`` is not importable, GPU included):
+
+   - ``megatron.core.transformer.multi_latent_attention.HAVE_TE`` is forced to ``False``: megatron's
+     extension module imports even without TE, so the flag is wrongly ``True`` and MLA then dereferences
+     TE-only classes.
+   - ``megatron.core.transformer.moe.moe_utils.te_general_gemm`` is defined as ``None``: 0.16.1 leaves
+     it undefined when the TE import fails, and the fp32 router GEMM then raises ``NameError``.
+   - The local layer spec uses ``DotProductAttention`` as MLA's core attention, but MLA passes
+     ``k_channels``/``v_channels`` (the q/k head dim 192 differs from the v head dim 128 in DeepSeek-V3).
+     :class:`MLADotProductAttention` accepts and drops them; it is correct only with
+     ``kv_channels == v_head_dim`` (the model provider sets that) and an explicit ``softmax_scale``
+     (MLA always passes one, including YaRN's mscale).
+
+2. CUDA->CPU shims (applied only when ``torch.cuda.is_available()`` is false):
+
+   - a process-wide :class:`torch.overrides.TorchFunctionMode` that rewrites ``device="cuda"`` arguments,
+     ``Tensor.cuda()``, ``Tensor.to("cuda")`` and the CUDA type names of ``Tensor.type()`` (megatron's
+     optimizers check ``param.type() == "torch.cuda.FloatTensor"``);
+   - ``torch.cuda.current_device()`` returns ``"cpu"``; streams and events are inert dummies;
+     ``synchronize``/``empty_cache``/``set_device`` are no-ops.
+
+   Callers must also pass ``model_parallel_cuda_manual_seed(seed, inference_rng_tracker=True)`` (the
+   default CUDA RNG tracker needs CUDA generators); :func:`adnanny_megatron.parallel.initialize` does.
+
+Known to work with: megatron-core 0.16.1 on torch 2.13.0 (CPU, gloo, Python 3.11) — tested. The GPU path
+(TE fixes only, torch 2.11 + CUDA, Python 3.12) is exercised by ``benchmarks/megatron_gpu.sh`` and not yet
+confirmed by a recorded run. Other megatron-core versions: :func:`apply` refuses nothing,
+but the attributes it patches are looked up by name and a missing one raises
+:class:`~adnanny_megatron.errors.AdNannyMegatronError` instead of silently skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import warnings
+from typing import Any
+
+from adnanny_megatron.errors import AdNannyMegatronError
+
+__all__ = [
+    "KNOWN_WORKING",
+    "MLADotProductAttention",
+    "apply",
+    "cpu_mode_active",
+    "have_te",
+    "import_megatron",
+]
+
+#: Versions this layer was tested with (megatron-core, torch).
+KNOWN_WORKING = {"megatron-core": ("0.16.1",), "torch": ("2.13.0 (cpu, gloo)",)}
+
+_STATE: dict[str, Any] = {"te_fixed": False, "cpu_mode": None}
+
+
+def have_te() -> bool:
+    """True when TransformerEngine's PyTorch extension is importable (then no TE fixes are needed)."""
+    try:
+        return importlib.util.find_spec("transformer_engine") is not None and importlib.util.find_spec(
+            "transformer_engine.pytorch"
+        ) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_megatron() -> Any:
+    """Import ``megatron.core`` quietly (its "TE and Apex are not installed" warnings are expected on CPU).
+
+    pytest runs with warnings as errors, so the import warnings megatron emits when TE/Apex are absent
+    would fail every test; they are informational for us.
+    """
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import megatron.core  # noqa: F401
+        import megatron.core.optimizer  # noqa: F401
+        import megatron.core.models.gpt  # noqa: F401
+        import megatron.core.transformer.multi_latent_attention  # noqa: F401
+        import megatron.core.transformer.moe.moe_utils  # noqa: F401
+        import megatron.core.pipeline_parallel  # noqa: F401
+        import megatron.core.dist_checkpointing  # noqa: F401
+    return importlib.import_module("megatron.core")
+
+
+def _set_attr(module_name: str, attr: str, value: Any, *, must_exist: bool = True) -> None:
+    module = importlib.import_module(module_name)
+    if must_exist and not hasattr(module, attr):
+        raise AdNannyMegatronError(
+            f"megatron-core layout changed: `{module_name}.{attr}` not found; adnanny_megatron.compat is "
+            f"known to work with megatron-core {KNOWN_WORKING['megatron-core']}. Pin that version."
+        )
+    setattr(module, attr, value)
+
+
+def _make_mla_attention_class() -> type:
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class _MLADotProductAttention(DotProductAttention):  # type: ignore[misc, valid-type]
+        """``DotProductAttention`` that accepts MLA's ``k_channels``/``v_channels`` keyword arguments.
+
+        The local attention derives the output width from ``config.kv_channels``; the provider sets
+        ``kv_channels = v_head_dim``, so dropping ``v_channels`` is exact. ``k_channels`` only matters
+        for the default softmax scale, and MLA always passes an explicit one.
+        """
+
+        def __init__(self, *args: Any, k_channels: int | None = None, v_channels: int | None = None,
+                     **kwargs: Any) -> None:
+            config = kwargs.get("config", args[0] if args else None)
+            if v_channels is not None and config is not None and config.kv_channels != v_channels:
+                raise AdNannyMegatronError(
+                    f"local MLA attention needs `kv_channels` == `v_head_dim`; got kv_channels="
+                    f"{config.kv_channels}, v_head_dim={v_channels}. Build the config with "
+                    "adnanny_megatron.provider.transformer_config_from_hf."
+                )
+            if kwargs.get("softmax_scale") is None and k_channels is not None:
+                kwargs["softmax_scale"] = k_channels**-0.5
+            super().__init__(*args, **kwargs)
+
+    _MLADotProductAttention.__name__ = "MLADotProductAttention"
+    _MLADotProductAttention.__qualname__ = "MLADotProductAttention"
+    return _MLADotProductAttention
+
+
+_MLA_CLASS: list[type] = []
+
+
+def __getattr__(name: str) -> Any:  # lazy: building the class imports megatron
+    if name == "MLADotProductAttention":
+        if not _MLA_CLASS:
+            import_megatron()
+            _MLA_CLASS.append(_make_mla_attention_class())
+        return _MLA_CLASS[0]
+    raise AttributeError(name)
+
+
+def _apply_te_fixes() -> None:
+    if _STATE["te_fixed"] or have_te():
+        return
+    import_megatron()
+    _set_attr("megatron.core.transformer.multi_latent_attention", "HAVE_TE", False)
+    # 0.16.1 leaves the name undefined when the TE import fails, so the router's
+    # ``if te_general_gemm is not None`` raises NameError: define it.
+    _set_attr("megatron.core.transformer.moe.moe_utils", "te_general_gemm", None, must_exist=False)
+    _STATE["te_fixed"] = True
+
+
+# --------------------------------------------------------------------------------------------- CPU shims
+
+
+class _DummyStream:
+    """Inert stand-in for ``torch.cuda.Stream``: on CPU every op is already synchronous."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> Any:
+        return event if event is not None else _DummyEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self) -> _DummyStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _DummyEvent:
+    """Inert stand-in for ``torch.cuda.Event``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, stream: Any = None) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, other: Any) -> float:
+        return 0.0
+
+
+def _cpu_device(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, str) and value.startswith("cuda"):
+        return "cpu"
+    if isinstance(value, torch.device) and value.type == "cuda":
+        return torch.device("cpu")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "cpu"
+    return value
+
+
+def _make_cpu_mode() -> Any:
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    tensor_cuda = torch.Tensor.cuda
+    tensor_to = torch.Tensor.to
+    tensor_type = torch.Tensor.type
+
+    class _CudaToCpuMode(TorchFunctionMode):
+        """Rewrites CUDA placement requests to CPU for every torch call in the process."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = dict(kwargs or {})
+            if func is tensor_cuda:
+                return args[0]
+            if func is tensor_type:
+                if len(args) == 1 and "dtype" not in kwargs:
+                    name = func(*args, **kwargs)
+                    return name.replace("torch.", "torch.cuda.", 1) if "cuda" not in name else name
+                if len(args) > 1 and isinstance(args[1], str):
+                    args = (args[0], args[1].replace("torch.cuda.", "torch."), *args[2:])
+                if isinstance(kwargs.get("dtype"), str):
+                    kwargs["dtype"] = kwargs["dtype"].replace("torch.cuda.", "torch.")
+                return func(*args, **kwargs)
+            if "device" in kwargs:
+                kwargs["device"] = _cpu_device(kwargs["device"])
+            if func is tensor_to and len(args) > 1:
+                args = (args[0], _cpu_device(args[1]) if not isinstance(args[1], int) else "cpu",
+                        *args[2:])
+            return func(*args, **kwargs)
+
+    return _CudaToCpuMode()
+
+
+def _apply_cpu_shims() -> None:
+    import torch
+
+    if _STATE["cpu_mode"] is not None:
+        return
+    cuda = torch.cuda
+    cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    cuda.Stream = _DummyStream  # type: ignore[assignment,misc]
+    cuda.Event = _DummyEvent  # type: ignore[assignment,misc]
+    cuda.current_stream = lambda *a, **k: _DummyStream()  # type: ignore[assignment]
+    cuda.default_stream = lambda *a, **k: _DummyStream()  # type: ignore[assignment]
+    cuda.stream = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
+    cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    cuda.empty_cache = lambda *a, **k: None  # type: ignore[assignment]
+    cuda.set_device = lambda *a, **k: None  # type: ignore[assignment]
+    mode = _make_cpu_mode()
+    mode.__enter__()  # process-wide on purpose: megatron allocates on "cuda" everywhere
+    _STATE["cpu_mode"] = mode
+
+
+def cpu_mode_active() -> bool:
+    """Whether the CUDA->CPU shims are installed in this process."""
+    return _STATE["cpu_mode"] is not None
+
+
+def apply() -> None:
+    """Install the fixes this process needs (idempotent); call before building any megatron module."""
+    import torch
+
+    import_megatron()
+    _apply_te_fixes()
+    if not torch.cuda.is_available():
+        _apply_cpu_shims()
