@@ -82,4 +82,8 @@ class ConfigError(AdNannyCookError, ValueError):
 
 
 class TeacherError(AdNannyCookError, RuntimeError):
-    """A teacher call that failed after all retries, or a non-retryable API error."""
+    """A teacher call that failed after all retries (`retryable=True`), or a non-retryable API error."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,105 @@
+"""`adnanny-cook run` and `adnanny-cook validate-prompts`: flags generated from `CookConfig`'s fields.
+
+Every config key is a flag of the same name (`--on-bad-row` and `--on_bad_row` both work); a flag overrides
+the TOML value. Lists take comma-separated values, `--columns` takes `field=column,field=column`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from typing import Any
+
+__all__ = ["add_run_parsers"]
+
+
+def _field_docs() -> dict[str, str]:
+    """The trailing `# comment` of each CookConfig field (one source of truth for TOML keys and --help)."""
+    import inspect
+    import re
+
+    from adnanny_cook.config import CookConfig
+
+    docs = {}
+    for line in inspect.getsource(CookConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2).strip()
+    return docs
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from adnanny_cook.config import CookConfig
+
+    docs = _field_docs()
+    p.add_argument("--config", help="cook.toml (keys = the flags below, without dashes)")
+    for f in fields(CookConfig):
+        names = sorted({f"--{f.name.replace('_', '-')}", f"--{f.name}"})
+        t = str(f.type)
+        if t == "bool":
+            p.add_argument(*names, dest=f.name, default=None, nargs="?", const="true", metavar="BOOL",
+                           help=f"{docs.get(f.name, '')} (default {f.default!r})".strip())
+        else:
+            default = f.default if not callable(getattr(f, "default_factory", None)) else f.default_factory()  # type: ignore[misc]
+            p.add_argument(*names, dest=f.name, default=None, metavar=t.split("[")[0].upper(),
+                           help=f"{docs.get(f.name, '')} (default {default!r})".strip())
+    p.add_argument("--json", action="store_true", help="print the manifest/report as JSON")
+
+
+def _load(a: argparse.Namespace) -> Any:
+    from adnanny_cook.config import CookConfig, load_config
+
+    overrides = {f.name: getattr(a, f.name) for f in fields(CookConfig)}
+    return load_config(a.config, overrides)
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from adnanny_cook.pipeline import run_cook
+
+    m = run_cook(_load(a))
+    if a.json:
+        print(json.dumps(m, sort_keys=True, default=str))
+    else:
+        t = m["stats"].get("teacher", {})
+        print(f"cooked {m['rows']} corpus rows from {m['inputs']} inputs -> {m['corpus_path']} "
+              f"({t.get('calls', 0)} teacher calls, {t.get('cache_hits', 0)} cached, "
+              f"{t.get('retries', 0)} retries; dropped {m['filters']['dropped']}; "
+              f"bad input rows {m['filters']['bad_input_rows']})")
+    return 0
+
+
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from adnanny_cook.golden import validate_prompts
+
+    cfg = _load(a)
+    if not cfg.golden:
+        from adnanny_cook.errors import ConfigError
+
+        raise ConfigError("`golden` is required for validate-prompts (a golden .jsonl, e.g. "
+                          "<sample>/golden/query_ad.jsonl)")
+    from pathlib import Path
+
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    rep = validate_prompts(cfg)
+    if a.json:
+        print(json.dumps(rep, sort_keys=True))
+    else:
+        for v, r in rep["variants"].items():
+            print(f"{v:>10}: format {r['format']:.1%}  faithful {r['faithful']:.1%}")
+        print(f"consistency {rep['consistency']:.1%} -> {'PASSED' if rep['passed'] else 'FAILED'}")
+        for f in rep["failures"]:
+            print(f"  - {f}")
+    return 0 if rep["passed"] else 1
+
+
+def add_run_parsers(sub: Any) -> None:
+    r = sub.add_parser("run", help="cook a labeled dataset into a label+reasoning corpus (resumable)",
+                       description="Reasoning generation, optional golden-set gate, rejection sampling and corpus "
+                                   "construction against any OpenAI-compatible teacher. Rerunning the same "
+                                   "command resumes: finished chunks are skipped and cached calls are not repeated.")
+    _add_config_flags(r)
+    r.set_defaults(fn=_cmd_run)
+    v = sub.add_parser("validate-prompts", help="golden-set prompt validation (§3.3): report + gate (exit 1 on fail)")
+    _add_config_flags(v)
+    v.set_defaults(fn=_cmd_validate)

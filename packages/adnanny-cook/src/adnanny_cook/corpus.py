@@ -1,0 +1,186 @@
+"""The corpus schema every training stage reads (design.md: "cook owns the corpus schema").
+
+One row = one training example: the prompt `messages` (system + user, NO assistant turn), the assistant `target`
+text, and the structured `labels` / `reasoning` it was made from. JSON-string columns (`labels`, `provenance`,
+`input`) keep the schema identical across tasks whose fields differ.
+
+`read_corpus` validates rather than trusts: every row's target must parse back (with the task's strict parser)
+to the row's `labels`, so a corpus that would teach a model a wrong label is refused with the row named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from adnanny_cook.errors import CorpusSchemaError, ParseError, UnknownTaskError
+from adnanny_cook.tasks import get_task
+
+__all__ = ["CORPUS_COLUMNS", "CORPUS_FILE", "atomic_write_bytes", "make_row", "read_corpus", "validate_corpus",
+           "write_corpus"]
+
+#: Column order of a corpus Parquet file.
+CORPUS_COLUMNS: tuple[str, ...] = ("id", "task", "mode", "messages", "target", "labels", "reasoning", "split",
+                                   "provenance", "input")
+CORPUS_FILE = "corpus.parquet"
+_MODES = ("reasoning", "label")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_SPLITS = ("train", "eval")
+
+
+def make_row(*, id: str, task: str, mode: str, input: Mapping[str, Any], labels: Mapping[str, Any],
+             reasoning: str | None, split: str, provenance: Mapping[str, Any] | None = None,
+             example: bool = False) -> dict[str, Any]:
+    """Build one corpus row from a task input and its labels (+ reasoning in reasoning mode)."""
+    spec = get_task(task)
+    if mode not in _MODES:
+        raise CorpusSchemaError(f"`mode` must be one of {_MODES}, got {mode!r}")
+    canon = spec.validate_labels(labels)
+    r = reasoning if mode == "reasoning" else None
+    if mode == "reasoning" and not (reasoning and reasoning.strip()):
+        raise CorpusSchemaError(f"row `{id}`: mode 'reasoning' needs a non-empty `reasoning`")
+    inp = {f: input[f] for f in spec.input_fields}
+    return {
+        "id": str(id),
+        "task": task,
+        "mode": mode,
+        "messages": spec.render_messages(inp, mode, example=example),
+        "target": spec.format_target(canon, r),
+        "labels": json.dumps(canon, sort_keys=True),
+        "reasoning": r.strip() if r else None,
+        "split": split,
+        "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+        "input": json.dumps(inp, sort_keys=True, ensure_ascii=False),
+    }
+
+
+def _frame(rows: list[dict[str, Any]]):
+    import polars as pl
+
+    schema = {
+        "id": pl.String, "task": pl.String, "mode": pl.String,
+        "messages": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+        "target": pl.String, "labels": pl.String, "reasoning": pl.String, "split": pl.String,
+        "provenance": pl.String, "input": pl.String,
+    }
+    return pl.DataFrame([{c: r.get(c) for c in CORPUS_COLUMNS} for r in rows], schema=schema, orient="row")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a file via temp name + fsync + rename, so a crash never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_corpus(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, validate: bool = True) -> Path:
+    """Validate and write rows to a Parquet file (atomic). `path` may be a directory (-> `corpus.parquet`)."""
+    import io
+
+    rows = [dict(r) for r in rows]
+    df = _frame(rows)
+    if validate:
+        validate_corpus(df, source="rows")
+    path = Path(path)
+    if path.suffix != ".parquet":
+        path = path / CORPUS_FILE
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_corpus(path: str | os.PathLike[str], *, validate: bool = True):
+    """Read a corpus (a Parquet file, or a directory holding `corpus.parquet` or `*.parquet` parts) as a polars
+    DataFrame, validating the schema and every row (see `validate_corpus`)."""
+    import polars as pl
+
+    p = Path(path)
+    if p.is_dir():
+        files = [p / CORPUS_FILE] if (p / CORPUS_FILE).exists() else sorted(p.glob("*.parquet"))
+        if not files:
+            raise CorpusSchemaError(f"no Parquet file in corpus directory `{p}`; expected `{CORPUS_FILE}`")
+    elif p.exists():
+        files = [p]
+    else:
+        raise CorpusSchemaError(f"corpus path `{p}` does not exist")
+    frames = []
+    for f in files:
+        try:
+            frames.append(pl.read_parquet(f))
+        except Exception as e:  # polars raises several types for a non-Parquet file
+            raise CorpusSchemaError(f"cannot read corpus file `{f}` as Parquet: {e}") from e
+    df = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    if validate:
+        validate_corpus(df, source=str(p))
+    return df
+
+
+def validate_corpus(df, *, source: str = "corpus") -> None:
+    """Raise `CorpusSchemaError` naming the source, row id and column of the first problems found."""
+    missing = [c for c in CORPUS_COLUMNS if c not in df.columns]
+    if missing:
+        raise CorpusSchemaError(f"`{source}` misses corpus columns {missing}; required: {list(CORPUS_COLUMNS)}")
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, row in enumerate(df.select(list(CORPUS_COLUMNS)).iter_rows(named=True)):
+        rid = row["id"]
+        where = f"row {i} (id={rid!r})"
+        if not rid:
+            problems.append(f"{where}: `id` is empty")
+        elif rid in seen:
+            problems.append(f"{where}: duplicate `id`")
+        seen.add(rid)
+        try:
+            spec = get_task(row["task"])
+        except UnknownTaskError as e:
+            problems.append(f"{where}: column `task`: {e}")
+            continue
+        if row["mode"] not in _MODES:
+            problems.append(f"{where}: column `mode` is {row['mode']!r}, expected one of {_MODES}")
+            continue
+        if row["split"] not in _SPLITS:
+            problems.append(f"{where}: column `split` is {row['split']!r}, expected one of {_SPLITS}")
+        msgs = row["messages"]
+        if not msgs or any(m.get("role") not in ("system", "user") for m in msgs):
+            problems.append(f"{where}: column `messages` must be a non-empty prompt of system/user turns "
+                            f"(no assistant turn)")
+        try:
+            labels = spec.validate_labels(json.loads(row["labels"]))
+        except (ValueError, TypeError, ParseError) as e:
+            problems.append(f"{where}: column `labels`: {e}")
+            continue
+        try:
+            parsed = spec.parse(row["target"] or "", mode=row["mode"])
+        except ParseError as e:
+            problems.append(f"{where}: column `target` does not parse: {e}")
+            continue
+        if parsed.labels != labels:
+            problems.append(f"{where}: column `target` says {parsed.labels} but `labels` says {labels}")
+        if row["mode"] == "reasoning" and not (row["reasoning"] or "").strip():
+            problems.append(f"{where}: column `reasoning` is empty in reasoning mode")
+        for col in ("provenance", "input"):
+            try:
+                json.loads(row[col] or "")
+            except ValueError:
+                problems.append(f"{where}: column `{col}` is not a JSON string")
+        if len(problems) >= 20:
+            break
+    if problems:
+        more = " (first 20 shown)" if len(problems) >= 20 else ""
+        raise CorpusSchemaError(f"`{source}` breaks the corpus schema{more}:\n  " + "\n  ".join(problems))

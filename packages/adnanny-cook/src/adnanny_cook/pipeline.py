@@ -1,0 +1,247 @@
+"""`run_cook(cfg)`: the whole cooking job, resumable (paper §3.1 pipeline, §3.4 corpus construction).
+
+Output directory:
+    corpus.parquet, card.json, README.md   the corpus (CORPUS_COLUMNS) and its dataset card
+    manifest.json                          config, input hash, versions, counts, teacher stats
+    rejects.jsonl                          bad input rows (with --on-bad-row quarantine) and their reasons
+    dropped.jsonl                          every rejected candidate / generated output and why (write_dropped)
+    golden_report.json / .md               prompt validation report (when `golden` is set)
+    cache.sqlite                           teacher response cache (default location)
+    .work/chunks/NNNNN.json                finished chunks (atomic files): what a resumed run skips
+
+Resume: chunk i always holds inputs [i*chunk_size, (i+1)*chunk_size) of the (validated) input, so a restarted
+run skips finished chunk files and recomputes an interrupted chunk from the response cache without calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from adnanny_cook.__about__ import __version__
+from adnanny_cook.config import CookConfig
+from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
+from adnanny_cook.errors import AdNannyCookError
+from adnanny_cook.loaders import Item, load_items
+
+__all__ = ["CookResult", "run_cook"]
+
+
+class CookResult(dict):
+    """The manifest of a finished run (a dict), with `.corpus_path`."""
+
+    @property
+    def corpus_path(self) -> Path:
+        return Path(self["corpus_path"])
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _chunk_path(out: Path, i: int) -> Path:
+    return out / ".work" / "chunks" / f"{i:05d}.json"
+
+
+def _prefilter_keywords(cfg: CookConfig, items: list[Item], embedder: Any) -> tuple[list[Item], list[dict]]:
+    """Given (keyword, query) pairs pass the keyword rules once, globally, before any teacher call."""
+    from adnanny_cook.filters import keyword_rules
+
+    kept, dropped = [], []
+    seen: dict[str, list] = {}
+    by_kw: dict[str, list[Item]] = {}
+    for it in items:
+        if it.labels is None:
+            kept.append(it)
+        else:
+            by_kw.setdefault(it.input["keyword"].lower(), []).append(it)
+    for kw, group in by_kw.items():
+        ctx = " ".join(str(group[0].input[f]) for f in ("ad_title", "ad_description", "landing_page"))
+        reasons = keyword_rules(group[0].input["keyword"], [g.labels["query"] for g in group], ctx,  # type: ignore[index]
+                                emb_fn=embedder.encode, off_topic_min_sim=cfg.off_topic_min_sim,
+                                near_dup_threshold=cfg.near_dup_threshold, seen=seen.setdefault(kw, []))
+        for it, r in zip(group, reasons, strict=True):
+            if r is None:
+                kept.append(it)
+            else:
+                dropped.append({"id": it.id, "reason": r, "stage": "keyword_rules",
+                                "detail": f"query {it.labels['query']!r} for keyword {kw!r}"})  # type: ignore[index]
+    order = {it.id: n for n, it in enumerate(items)}
+    kept.sort(key=lambda it: order[it.id])
+    return kept, dropped
+
+
+def run_cook(cfg: CookConfig) -> CookResult:
+    """Run (or resume) a cooking job; returns the manifest. Raises `AdNannyCookError` subclasses on bad input."""
+    from adnanny_cook.embed import Embedder
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items, rejects = load_items(cfg.input, cfg.task, columns=cfg.columns, id_column=cfg.id_column,
+                                on_bad_row=cfg.on_bad_row, limit=cfg.limit)
+    atomic_write_bytes(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
+                                                      for r in rejects).encode())
+    embedder = Embedder(cfg.embed_model)
+    pre_drops: list[dict[str, Any]] = []
+    if cfg.task == "keyword_query":
+        items, pre_drops = _prefilter_keywords(cfg, items, embedder)
+
+    gate = None
+    if cfg.golden:
+        from adnanny_cook.golden import validate_prompts
+
+        gate = validate_prompts(cfg, embedder=embedder)
+        if not gate["passed"]:
+            raise AdNannyCookError(f"golden-set gate failed for task `{cfg.task}`: {gate['failures']}; see "
+                                   f"{out / 'golden_report.md'}. Refine the prompt or lower `gate_*` thresholds.")
+
+    chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
+    done: dict[int, list[dict[str, Any]]] = {}
+    for i, ch in enumerate(chunks):
+        p = _chunk_path(out, i)
+        if p.exists():
+            data = json.loads(p.read_text())
+            if [r["id"] for r in data["results"]] == [it.id for it in ch]:
+                done[i] = data["results"]
+    todo = [i for i in range(len(chunks)) if i not in done]
+    stats: dict[str, Any]
+    if cfg.executor == "ray":
+        from adnanny_cook.ray_exec import cook_chunks_ray
+
+        new, stats = cook_chunks_ray(cfg, {i: chunks[i] for i in todo})
+        done.update(new)
+    else:
+        stats = asyncio.run(_cook_local(cfg, chunks, todo, done, embedder))
+    results = [r for i in range(len(chunks)) for r in done[i]]
+    return _finalize(cfg, results, rejects, pre_drops, stats, embedder, gate, t0, resumed=len(chunks) - len(todo))
+
+
+async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int],
+                      done: dict[int, list[dict[str, Any]]], embedder: Any) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from adnanny_cook.cook import ChunkCooker, make_clients
+
+    teacher, verifier = make_clients(cfg)
+    cooker = ChunkCooker(cfg, teacher, verifier, embedder)
+    out = Path(cfg.out)
+    kept = dropped = 0
+    bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(chunks[i]) for i in done), unit="input",
+               disable=not cfg.progress, desc=f"cook {cfg.task}", dynamic_ncols=True)
+    try:
+        replayed_upto = -1
+        for i in todo:
+            # the cooker's diversity/near-duplicate state must reflect every chunk before i
+            cooker.replay([r for j in sorted(done) if replayed_upto < j < i for r in done[j]])
+            res = await cooker.cook(chunks[i])
+            replayed_upto = i
+            atomic_write_bytes(_chunk_path(out, i), json.dumps({"chunk": i, "results": res}).encode())
+            done[i] = res
+            kept += sum(len(s["chosen"]) for r in res for s in r["subs"])
+            dropped += sum(len(r["drops"]) for r in res)
+            bar.update(len(chunks[i]))
+            st = teacher.stats
+            bar.set_postfix(calls=st.calls, cached=st.cache_hits, kept=kept, dropped=dropped, retries=st.retries)
+    finally:
+        bar.close()
+        await teacher.aclose()
+        if verifier is not None:
+            await verifier.aclose()
+    stats = {"teacher": teacher.stats.as_dict()}
+    if verifier is not None:
+        stats["verifier"] = verifier.stats.as_dict()
+    return stats
+
+
+def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict[str, Any]],
+              pre_drops: list[dict[str, Any]], stats: dict[str, Any], embedder: Any, gate: Any, t0: float,
+              resumed: int) -> CookResult:
+    from adnanny_cook.card import write_card
+    from adnanny_cook.filters import cross_input_flags
+    from adnanny_cook.split import group_key, split_rows
+    from adnanny_cook.tasks import get_task
+
+    out = Path(cfg.out)
+    spec = get_task(cfg.task)
+    # cross-input consistency: near-duplicate inputs, same labels, rationales far apart -> flag
+    chosen = [(r, s, c) for r in results for s in r["subs"] for c in s["chosen"]]
+    flags: Counter[str] = Counter()
+    if chosen:
+        bad = cross_input_flags([group_key(cfg.task, r["input"]) for r, _s, _c in chosen],
+                                [json.dumps(s["labels"], sort_keys=True) for _r, s, _c in chosen],
+                                embedder.encode([c["reasoning"] for _r, _s, c in chosen]),
+                                min_sim=cfg.cross_input_min_sim, threshold=cfg.near_dup_threshold)
+        for (_r, _s, c), b in zip(chosen, bad, strict=True):
+            if b:
+                c.setdefault("flags", []).append("cross_input_inconsistent")
+                flags["cross_input_inconsistent"] += 1
+    # rows
+    base_prov = {"teacher": cfg.model, "base_url": cfg.base_url, "task": cfg.task, "temperature": cfg.temperature,
+                 "verifier": cfg.verifier_model or None}
+    tasks_in: list[str] = []
+    inputs_in: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    cross_dropped = 0
+    for r in results:
+        for si, s in enumerate(r["subs"]):
+            kept_any = False
+            for c in s["chosen"]:
+                if cfg.drop_cross_inconsistent and "cross_input_inconsistent" in c.get("flags", []):
+                    r["drops"].append({"reason": "cross_input", "stage": "corpus", "sub": si, "idx": c["idx"],
+                                       "detail": "rationale contradicts a near-duplicate input's"})
+                    cross_dropped += 1
+                    continue
+                kept_any = True
+                prov = {**base_prov, "prompt_id": f"{cfg.task}/{c['variant']}", "variant": c["variant"],
+                        "candidate": c["idx"], "cache_key": c["key"], "filter_scores": c["scores"],
+                        "flags": c.get("flags", []), "origin": s["origin"], "source_id": r["id"]}
+                pending.append(dict(id=f"{r['id']}-{si}-{c['idx']}-r", task=cfg.task, mode="reasoning",
+                                    input=r["input"], labels=s["labels"], reasoning=c["reasoning"],
+                                    provenance=prov))
+                tasks_in.append(cfg.task)
+                inputs_in.append(r["input"])
+            if cfg.label_rows and kept_any:
+                pending.append(dict(id=f"{r['id']}-{si}-l", task=cfg.task, mode="label", input=r["input"],
+                                    labels=s["labels"], reasoning=None,
+                                    provenance={**base_prov, "origin": s["origin"], "source_id": r["id"]}))
+                tasks_in.append(cfg.task)
+                inputs_in.append(r["input"])
+    splits = split_rows(tasks_in, inputs_in, eval_fraction=cfg.eval_fraction, seed=cfg.seed,
+                        threshold=cfg.near_dup_threshold)
+    rows = [make_row(**p, split=sp) for p, sp in zip(pending, splits, strict=True)]
+    import random
+
+    random.Random(cfg.seed).shuffle(rows)
+    corpus_path = write_corpus(rows, out)
+    drop_counts: Counter[str] = Counter(d["reason"] for d in pre_drops)
+    for r in results:
+        drop_counts.update(d["reason"] for d in r["drops"])
+    no_survivor = sum(1 for r in results for s in r["subs"] if not s["chosen"])
+    filters = {"dropped": dict(sorted(drop_counts.items())), "inputs_without_survivor": no_survivor,
+               "flagged": dict(flags), "bad_input_rows": len(rejects)}
+    if cfg.write_dropped:
+        lines = [json.dumps({**d, "id": d.get("id", r["id"])}, sort_keys=True) + "\n"
+                 for r in results for d in r["drops"]]
+        lines += [json.dumps(d, sort_keys=True) + "\n" for d in pre_drops]
+        atomic_write_bytes(out / "dropped.jsonl", "".join(lines).encode())
+    write_card(rows, out, title=f"adnanny-cook corpus: {cfg.task}", filters=filters,
+               extra={"teacher": cfg.model, "k": cfg.k, "variants": cfg.variant_ids()})
+    manifest = CookResult({
+        "kind": "adnanny-cook corpus", "version": __version__, "task": cfg.task, "config": cfg.to_dict(),
+        "input_sha256": _file_hash(cfg.input), "corpus_path": str(corpus_path), "rows": len(rows),
+        "inputs": len(results), "filters": filters, "stats": stats, "resumed_chunks": resumed,
+        "golden_gate": gate, "seconds": round(time.perf_counter() - t0, 3),
+        "label_spec": {f: list(v) for f, v in spec.label_fields.items()},
+    })
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    return manifest

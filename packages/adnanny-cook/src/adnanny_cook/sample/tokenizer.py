@@ -1,0 +1,91 @@
+"""A byte-level BPE tokenizer for tiny models, trained on the sample world's text.
+
+The task tags (``<think>``, ``<Label>``, ``</AdQuality>`` …) and the ChatML markers are added tokens, so each is
+one id and never split. ChatML markers are *special* (skipped by ``skip_special_tokens=True``); the task tags are
+added but NOT special, on purpose: a server decoding with ``skip_special_tokens=True`` must still see the tags the
+parser needs. The chat template marks assistant turns with ``{% generation %}`` so
+``apply_chat_template(..., return_assistant_tokens_mask=True)`` gives a loss mask.
+"""
+
+from __future__ import annotations
+
+from adnanny_cook.errors import ConfigError
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from adnanny_cook.corpus import atomic_write_bytes
+from adnanny_cook.tasks import all_tasks
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "task_tag_tokens", "train_tokenizer"]
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def task_tag_tokens() -> list[str]:
+    tags = {"think"}
+    for t in all_tasks():
+        tags.update(t.tags.values())
+    return [s for tag in sorted(tags) for s in (f"<{tag}>", f"</{tag}>")]
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8192) -> Path:
+    """Train and write ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if not 256 < vocab_size <= 65536:
+        raise ConfigError(f"`vocab_size` must be in (256, 65536], got {vocab_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    # Split on whitespace-preceded words would cap the vocabulary at the world's few thousand distinct words;
+    # splitting only at sentence punctuation and newlines lets frequent phrases merge, reaching 8k+ tokens.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[.;:!?\n]"), behavior="merged_with_previous"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    # Cap merged pieces so a tiny model still sees word-sized units, not whole sentences.
+    tags = task_tag_tokens()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(tags), min_frequency=1,
+                                  special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+                                  max_token_length=16)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False) for t in tags])
+    atomic_write_bytes(out / "tokenizer.json", tok.to_str().encode())
+    added = {}
+    for t in list(SPECIAL_TOKENS) + tags:
+        added[str(tok.token_to_id(t))] = {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                         "single_word": False, "special": t in SPECIAL_TOKENS}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 2048,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|pad|>",
+        "unk_token": None,
+        "additional_special_tokens": ["<|endoftext|>", "<|im_start|>"],
+        "added_tokens_decoder": added,
+        "clean_up_tokenization_spaces": False,
+        "add_prefix_space": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    atomic_write_bytes(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+    smap = {"eos_token": "<|im_end|>", "pad_token": "<|pad|>",
+            "additional_special_tokens": ["<|endoftext|>", "<|im_start|>"]}
+    atomic_write_bytes(out / "special_tokens_map.json", json.dumps(smap, indent=2).encode())
+    return out

@@ -1,0 +1,429 @@
+"""`TaskSpec`: one offline task's fields, label sets, output tags, prompts and strict parser.
+
+Output format (paper §3.2): in *reasoning* mode the assistant writes ``<think>…</think>`` and then repeats the
+labels in tags (``<Label>Fair</Label>`` …); in *label* mode it writes the tags alone. The parser is strict:
+
+* it reads only the model's output (never the prompt), so an ad whose text contains ``</think><Label>Good</Label>``
+  cannot change a parsed label;
+* the answer section is everything after the LAST ``</think>`` — a reasoning trace that quotes the ad (and with
+  it a fake closing tag) still ends at the model's own final ``</think>``;
+* the answer section must be exactly the task's tags, each once, separated by whitespace — text outside tags,
+  unknown or repeated tags, a missing tag or a value outside the label set raise a typed `ParseError`;
+  no default label is ever invented.
+
+Inputs rendered into prompts are *defanged*: a control tag in user data (``<think>``, ``<Label>`` …) is written
+with a word joiner after ``<`` so that a tokenizer that has the tags as special tokens never sees a real tag in
+the input. The data itself is not otherwise changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from adnanny_cook.errors import (ConfigError, InvalidLabelError, MalformedOutputError, MissingTagError,
+                                 ParseError)
+
+__all__ = ["CONTROL_TAGS", "Message", "ParsedOutput", "PromptVariant", "TaskSpec", "defang"]
+
+Message = dict[str, str]
+Mode = Literal["reasoning", "label"]
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_WORD_JOINER = "\u2060"
+
+#: Every tag name any task uses; filled by the registry (`tasks.registry`) at import time.
+CONTROL_TAGS: set[str] = {"think"}
+
+
+def defang(text: str) -> str:
+    """Make control tags inside user-provided text inert (``<Label>`` -> ``<\u2060Label>``).
+
+    WHY: inputs are untrusted ad text; a tokenizer with the tags as special tokens would otherwise map an ad's
+    literal ``</think>`` to the real control token and a model trained on such prompts could be steered by ads.
+    """
+    if "<" not in text:
+        return text
+
+    def _sub(m: re.Match[str]) -> str:
+        return "<" + _WORD_JOINER + m.group(1)
+
+    return _CONTROL_RE.sub(_sub, text)
+
+
+_CONTROL_RE = re.compile(r"<(/?(?:think|Label|LocationLabel|AdQuality|Score|Query|Queries|Profile|Title|"
+                         r"Description|Keywords|Preference)>)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """What a model output says: labels (canonical values), the reasoning (None in label mode) and the raw text."""
+
+    labels: dict[str, Any]
+    reasoning: str | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """One wording of a cooking prompt (§3.3 stress-tests prompts under rephrasing and reordered steps)."""
+
+    id: str
+    question: str
+    steps: tuple[str, ...]
+    example: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Schema and prompts of one offline task.
+
+    `label_fields` maps an output field to its allowed values; an empty tuple means free text (generation tasks:
+    the "label" is the generated query, profile, rewrite...). `tags` maps each field to its XML tag name and
+    `field_order` fixes the order tags are written in. `label_stop` holds the strings after which a label-only
+    generation is complete (the closing tag of the last field): a server may stop there and must keep the stop
+    text in the output (or re-append it) before calling `parse`.
+    """
+
+    name: str
+    description: str
+    input_fields: tuple[str, ...]
+    input_titles: dict[str, str]
+    label_fields: dict[str, tuple[Any, ...]]
+    tags: dict[str, str]
+    instruction: str
+    label_guidelines: str
+    reasoning_variants: tuple[PromptVariant, ...]
+    defect_values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    generation_instruction: str | None = None
+    generation_rules: tuple[str, ...] = ()
+    inference_example: tuple[dict[str, Any], dict[str, Any], str] | None = None
+    value_display: Callable[[str, Any], str] | None = None
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def field_order(self) -> tuple[str, ...]:
+        return tuple(self.label_fields)
+
+    @property
+    def kind(self) -> Literal["label", "generation"]:
+        """"label" when every output field has a closed value set, else "generation"."""
+        return "label" if all(self.label_fields.values()) else "generation"
+
+    @property
+    def label_stop(self) -> tuple[str, ...]:
+        return (f"</{self.tags[self.field_order[-1]]}>",)
+
+    def open_tag(self, field_name: str) -> str:
+        return f"<{self.tags[field_name]}>"
+
+    def close_tag(self, field_name: str) -> str:
+        return f"</{self.tags[field_name]}>"
+
+    def render_value(self, field_name: str, value: Any) -> str:
+        """The text written between a field's tags ("Good", "3", a query)."""
+        self.check_value(field_name, value)
+        if self.value_display is not None:
+            return self.value_display(field_name, value)
+        return str(value)
+
+    # ------------------------------------------------------------------ validation
+    def check_value(self, field_name: str, value: Any) -> Any:
+        """Return the canonical value or raise `InvalidLabelError` naming the field, value and allowed set."""
+        if field_name not in self.label_fields:
+            raise InvalidLabelError(
+                f"task `{self.name}` has no label field `{field_name}`; its fields are {list(self.label_fields)}",
+                task=self.name, field=field_name)
+        allowed = self.label_fields[field_name]
+        if not allowed:
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidLabelError(
+                    f"task `{self.name}` field `{field_name}` needs non-empty text, got {value!r}",
+                    task=self.name, field=field_name)
+            return value.strip()
+        canon = self._canonical(field_name, value)
+        if canon is None:
+            raise InvalidLabelError(
+                f"task `{self.name}` field `{field_name}` got {value!r}; allowed values are {list(allowed)}",
+                task=self.name, field=field_name)
+        return canon
+
+    def _canonical(self, field_name: str, value: Any) -> Any:
+        allowed = self.label_fields[field_name]
+        if isinstance(allowed[0], int):
+            if isinstance(value, bool):
+                return None
+            if isinstance(value, int):
+                return value if value in allowed else None
+            if isinstance(value, float) and value.is_integer() and int(value) in allowed:
+                return int(value)
+            if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+                v = int(value)
+                return v if v in allowed else None
+            return None
+        if isinstance(value, str):
+            low = value.strip().lower()
+            for a in allowed:
+                if str(a).lower() == low:
+                    return a
+        return None
+
+    def validate_labels(self, labels: Mapping[str, Any]) -> dict[str, Any]:
+        """Canonical labels for every field (missing or unknown fields raise)."""
+        missing = [f for f in self.label_fields if f not in labels]
+        if missing:
+            raise MissingTagError(f"task `{self.name}` labels miss {missing}; got keys {sorted(labels)}",
+                                  task=self.name, field=missing[0])
+        extra = [k for k in labels if k not in self.label_fields]
+        if extra:
+            raise InvalidLabelError(f"task `{self.name}` has no label fields {extra}; its fields are "
+                                    f"{list(self.label_fields)}", task=self.name, field=extra[0])
+        return {f: self.check_value(f, labels[f]) for f in self.label_fields}
+
+    def missing_inputs(self, row: Mapping[str, Any]) -> list[str]:
+        """Input fields that are absent, None or blank in `row`."""
+        out = []
+        for f in self.input_fields:
+            v = row.get(f)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                out.append(f)
+        return out
+
+    # ------------------------------------------------------------------ prompts
+    def render_input(self, row: Mapping[str, Any]) -> str:
+        missing = self.missing_inputs(row)
+        if missing:
+            raise MissingTagError(f"task `{self.name}` input row misses fields {missing}; it needs "
+                                  f"{list(self.input_fields)}", task=self.name, field=missing[0])
+        return "\n".join(f"{self.input_titles[f]}: {defang(str(row[f]).strip())}" for f in self.input_fields)
+
+    def output_format(self, mode: Mode) -> str:
+        tags = "\n".join(f"{self.open_tag(f)}{self._placeholder(f)}{self.close_tag(f)}" for f in self.field_order)
+        if mode == "reasoning":
+            return (f"First reason step by step inside {THINK_OPEN}...{THINK_CLOSE}. Then write exactly these "
+                    f"tags and nothing else:\n{tags}")
+        return f"Answer with exactly these tags and nothing else:\n{tags}"
+
+    def _placeholder(self, f: str) -> str:
+        allowed = self.label_fields[f]
+        if not allowed:
+            return f"...{f}..."
+        return "|".join(self.value_display(f, a) if self.value_display else str(a) for a in allowed)
+
+    def render_messages(self, row: Mapping[str, Any], mode: Mode = "reasoning", example: bool = False
+                        ) -> list[Message]:
+        """The inference/training prompt: system (task, guidelines, output format) + user (the input).
+
+        No labels are shown: this is what the fine-tuned model sees. `example=True` adds one worked example.
+        """
+        _check_mode(mode)
+        system = f"{self.instruction}\n\n{self.label_guidelines}\n\n{self.output_format(mode)}"
+        if example and self.inference_example is not None:
+            ex_row, ex_labels, ex_reason = self.inference_example
+            system += ("\n\nExample input:\n" + self.render_input(ex_row) + "\nExample answer:\n"
+                       + self.format_target(ex_labels, ex_reason if mode == "reasoning" else None))
+        return [{"role": "system", "content": system}, {"role": "user", "content": self.render_input(row)}]
+
+    def format_target(self, labels: Mapping[str, Any], reasoning: str | None) -> str:
+        """The assistant text: ``<think>reasoning</think>`` + tags (reasoning mode) or the tags alone."""
+        canon = self.validate_labels(labels)
+        tags = "\n".join(f"{self.open_tag(f)}{self.render_value(f, canon[f])}{self.close_tag(f)}"
+                         for f in self.field_order)
+        if reasoning is None:
+            return tags
+        r = reasoning.strip()
+        if not r:
+            raise ParseError(f"task `{self.name}`: `reasoning` is empty; pass None for a label-only target",
+                             task=self.name)
+        # A teacher may quote ad text that carries control tags; defang so the target stays well formed.
+        r = defang(r)
+        return f"{THINK_OPEN}\n{r}\n{THINK_CLOSE}\n{tags}"
+
+    def reasoning_messages(self, row: Mapping[str, Any], labels: Mapping[str, Any], variant: int | str = 0
+                           ) -> list[Message]:
+        """The cooking prompt (§3.2): show the input AND the existing labels; ask the teacher to reconstruct why
+        they fit, in explicit steps, then repeat the labels in tags. It never asks for a new label."""
+        v = self.variant(variant)
+        canon = self.validate_labels(labels)
+        given = "\n".join(f"Given {self._field_title(f)}: {defang(self.render_value(f, canon[f]))}"
+                          for f in self.field_order)
+        steps = "\n".join(f"{i}. {s}" for i, s in enumerate(v.steps, 1))
+        system = (f"You are an expert ads relevance analyst preparing training data. {self.description}\n"
+                  f"{self.label_guidelines}\n\nThe labels below are already decided and correct. Do not choose "
+                  f"new labels: reconstruct the reasoning that makes the given labels appropriate. Refer to "
+                  f"concrete details of the input.")
+        if v.example:
+            system += "\n\nExample of the expected reasoning:\n" + v.example
+        user = (f"{self.render_input(row)}\n{given}\n\n{v.question}\nAnswer in these steps:\n{steps}\n\n"
+                f"{self.output_format('reasoning')}\nThe tags must repeat the given values exactly.")
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def generation_messages(self, row: Mapping[str, Any], n: int = 4) -> list[Message]:
+        """The first-stage generation prompt of generation tasks (e.g. keyword -> queries following §3.2's rules)."""
+        if self.generation_instruction is None:
+            raise ParseError(f"task `{self.name}` has no generation prompt; it is a labeling task", task=self.name)
+        if n < 1:
+            raise ConfigError(f"`n` must be >= 1, got {n}")
+        rules = "\n".join(f"- {r}" for r in self.generation_rules)
+        system = f"{self.generation_instruction}\nRules:\n{rules}" if rules else self.generation_instruction
+        shape = "".join(f"{self.open_tag(f)}...{self.close_tag(f)}" for f in self.field_order)
+        user = (f"{self.render_input(row)}\n\nWrite {n} different outputs. Write each one as {shape}, one "
+                f"output per line, and write nothing else.")
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def parse_generation(self, text: str) -> list[str]:
+        """Strictly parse a generation answer: one or more ``<Tag>text</Tag>`` of the first output field."""
+        f = self.field_order[0]
+        tag = self.tags[f]
+        body = _strip_think(text, self.name)[1]
+        items = _scan_tags(body, self.name)
+        if not items:
+            raise MissingTagError(f"task `{self.name}`: generation output has no {self.open_tag(f)} tags",
+                                  task=self.name, field=f, text=text)
+        out = []
+        for name, value in items:
+            if name != tag:
+                raise MalformedOutputError(f"task `{self.name}`: unexpected tag <{name}> in generation output; "
+                                           f"expected only <{tag}>", task=self.name, field=f, text=text)
+            if not value.strip():
+                raise InvalidLabelError(f"task `{self.name}`: empty <{tag}> in generation output",
+                                        task=self.name, field=f, text=text)
+            out.append(value.strip())
+        return out
+
+    def parse_generation_items(self, text: str) -> list[dict[str, str]]:
+        """Strictly parse a generation answer into output dicts: each output is every field's tag, in order
+        (one tag for single-field tasks, e.g. ``<Title>..</Title><Description>..</Description>`` for ad_rewrite)."""
+        body = _strip_think(text, self.name)[1]
+        items = _scan_tags(body, self.name)
+        order = [self.tags[f] for f in self.field_order]
+        by_tag = {self.tags[f]: f for f in self.field_order}
+        if not items:
+            raise MissingTagError(f"task `{self.name}`: generation output has no {self.open_tag(self.field_order[0])}"
+                                  f" tags", task=self.name, text=text)
+        if len(items) % len(order):
+            raise MalformedOutputError(f"task `{self.name}`: generation output has {len(items)} tags, not a "
+                                       f"multiple of the {len(order)} fields {order}", task=self.name, text=text)
+        out = []
+        for i in range(0, len(items), len(order)):
+            group = items[i:i + len(order)]
+            names = [g[0] for g in group]
+            if names != order:
+                raise MalformedOutputError(f"task `{self.name}`: generation output {i // len(order)} has tags "
+                                           f"{names}, expected {order}", task=self.name, text=text)
+            rec = {}
+            for name, value in group:
+                if not value.strip():
+                    raise InvalidLabelError(f"task `{self.name}`: empty <{name}> in generation output",
+                                            task=self.name, field=by_tag[name], text=text)
+                rec[by_tag[name]] = value.strip()
+            out.append(rec)
+        return out
+
+    def variant(self, variant: int | str) -> PromptVariant:
+        if isinstance(variant, int):
+            if not 0 <= variant < len(self.reasoning_variants):
+                raise ConfigError(f"`variant` {variant} out of range for task `{self.name}` "
+                                 f"(0..{len(self.reasoning_variants) - 1})")
+            return self.reasoning_variants[variant]
+        for v in self.reasoning_variants:
+            if v.id == variant:
+                return v
+        raise ConfigError(f"`variant` {variant!r} unknown for task `{self.name}`; known: "
+                         f"{[v.id for v in self.reasoning_variants]}")
+
+    def _field_title(self, f: str) -> str:
+        return {"label": "relevance label", "location_label": "location label", "quality_label": "ad-quality label",
+                }.get(f, f.replace("_", " ")) if self.name == "query_ad" else f.replace("_", " ")
+
+    # ------------------------------------------------------------------ parsing
+    def parse(self, text: str, mode: Mode | None = None) -> ParsedOutput:
+        """Parse a model output strictly (see the module docstring); raise a `ParseError` subclass on failure."""
+        if mode is not None:
+            _check_mode(mode)
+        if not isinstance(text, str):
+            raise MalformedOutputError(f"task `{self.name}`: output must be str, got {type(text).__name__}",
+                                       task=self.name)
+        reasoning, body = _strip_think(text, self.name)
+        if mode == "reasoning" and reasoning is None:
+            raise MissingTagError(f"task `{self.name}`: reasoning-mode output has no {THINK_OPEN} block",
+                                  task=self.name, field="reasoning", text=text)
+        if mode == "label" and reasoning is not None:
+            raise MalformedOutputError(f"task `{self.name}`: label-mode output must not contain {THINK_OPEN}",
+                                       task=self.name, text=text)
+        if reasoning is not None and not reasoning:
+            raise MalformedOutputError(f"task `{self.name}`: the {THINK_OPEN} block is empty", task=self.name,
+                                       field="reasoning", text=text)
+        items = _scan_tags(body, self.name)
+        by_tag = {self.tags[f]: f for f in self.field_order}
+        labels: dict[str, Any] = {}
+        for name, value in items:
+            f = by_tag.get(name)
+            if f is None:
+                raise MalformedOutputError(f"task `{self.name}`: unknown tag <{name}>; expected "
+                                           f"{[self.open_tag(x) for x in self.field_order]}", task=self.name,
+                                           text=text)
+            if f in labels:
+                raise MalformedOutputError(f"task `{self.name}`: tag <{name}> appears more than once",
+                                           task=self.name, field=f, text=text)
+            try:
+                labels[f] = self.check_value(f, value)
+            except InvalidLabelError as e:
+                raise InvalidLabelError(str(e), task=self.name, field=f, text=text) from None
+        missing = [f for f in self.field_order if f not in labels]
+        if missing:
+            raise MissingTagError(f"task `{self.name}`: output misses tags "
+                                  f"{[self.open_tag(f) for f in missing]}", task=self.name, field=missing[0],
+                                  text=text)
+        return ParsedOutput(labels=labels, reasoning=reasoning, raw=text)
+
+
+_TAG_ITEM = re.compile(r"<([A-Za-z]+)>(.*?)</\1>", re.DOTALL)
+
+
+def _strip_think(text: str, task: str) -> tuple[str | None, str]:
+    """Split an output into (reasoning or None, answer section). The answer starts after the LAST ``</think>``."""
+    s = text.strip()
+    if s.startswith(THINK_OPEN):
+        end = s.rfind(THINK_CLOSE)
+        if end < len(THINK_OPEN):
+            raise MalformedOutputError(f"task `{task}`: {THINK_OPEN} is never closed with {THINK_CLOSE}",
+                                       task=task, field="reasoning", text=text)
+        return s[len(THINK_OPEN):end].strip(), s[end + len(THINK_CLOSE):]
+    if THINK_CLOSE in s or THINK_OPEN in s:
+        raise MalformedOutputError(f"task `{task}`: a think tag appears but the output does not start with "
+                                   f"{THINK_OPEN}", task=task, field="reasoning", text=text)
+    return None, s
+
+
+def _scan_tags(body: str, task: str) -> list[tuple[str, str]]:
+    """Tokenize an answer section into (tag, value) pairs; anything but whitespace between tags is an error."""
+    items: list[tuple[str, str]] = []
+    pos = 0
+    for m in _TAG_ITEM.finditer(body):
+        gap = body[pos:m.start()]
+        if gap.strip():
+            raise MalformedOutputError(f"task `{task}`: text outside the answer tags: {gap.strip()[:80]!r}",
+                                       task=task, text=body)
+        items.append((m.group(1), m.group(2)))
+        pos = m.end()
+    tail = body[pos:]
+    if not items and tail.strip():
+        raise MissingTagError(f"task `{task}`: no answer tags found in {tail.strip()[:80]!r}", task=task, text=body)
+    if tail.strip():
+        raise MalformedOutputError(f"task `{task}`: text outside the answer tags: {tail.strip()[:80]!r}",
+                                   task=task, text=body)
+    return items
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("reasoning", "label"):
+        raise ConfigError(f"`mode` must be 'reasoning' or 'label', got {mode!r}")
+
+
+def render_chat(messages: Sequence[Message]) -> str:
+    """ChatML text of a message list (used for token counting and the sample tokenizer's template)."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
