@@ -1,0 +1,334 @@
+"""The transformers/peft implementation of :class:`adnanny_sft.backend.TrainingBackend`.
+
+Numerics follow ``adnanny_sft.backend`` exactly (conformance-tested against ``adnanny_sft.objective``).
+One speed choice worth knowing: by default the LM head is applied only at the positions whose next token
+carries loss ("selective head"). The prompt usually dominates an SFT sequence, and for a 49k-vocabulary
+model the [B, T, V] logits tensor is the largest activation of the step; computing it for prompt tokens
+only to multiply the result by zero is pure waste. It is exact (same logits at the kept positions) for
+models whose head is a plain projection of the decoder's last hidden state; set ``selective_head=False``
+for models that post-process logits (e.g. soft-capping), which are detected and refused automatically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adnanny_sft.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from adnanny_sft.backend import Batch
+
+__all__ = ["LoraSettings", "HFBackend", "load_causal_lm", "build_hf_backend"]
+
+_MODEL_FILE = "trainable.safetensors"
+_OPTIM_FILE = "optimizer.pt"
+_SCHED_FILE = "scheduler.pt"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings (peft). ``target_modules="all-linear"`` adapts every linear layer but the head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"`lora_r` must be >= 1; got {self.r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"`lora_dropout` must be in [0, 1); got {self.dropout}.")
+
+
+def load_causal_lm(
+    model: str | Path | dict[str, Any],
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Any:
+    """A ``transformers`` causal LM from an HF directory, or randomly initialised from a config dict.
+
+    ``model`` as a dict is an HF ``config.json`` mapping with ``model_type`` (e.g. the output of
+    ``adnanny_ckpt.synthetic.tiny_deepseek_v3_config``); its weights are drawn with ``torch.manual_seed(seed)``
+    so two calls give identical models. Offline only: a path must exist locally.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch_dtype = _dtype(dtype)
+    if isinstance(model, dict):
+        cfg = dict(model)
+        model_type = cfg.pop("model_type", None)
+        if not model_type:
+            raise ConfigError("`model` config dict has no `model_type`; pass an HF config.json mapping.")
+        cfg.pop("architectures", None)
+        cfg.pop("torch_dtype", None)
+        cfg.pop("dtype", None)
+        cfg.pop("quantization_config", None)  # random init: nothing is quantised
+        config = AutoConfig.for_model(model_type, **cfg)
+        torch.manual_seed(seed)
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        return lm
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"`model` = {str(path)!r} is not an HF model directory (no config.json); "
+                          "pass a local directory or a config dict.")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+
+
+def _dtype(name: str) -> torch.dtype:
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"`dtype` must be one of {sorted(table)}; got {name!r}.")
+    return table[name]
+
+
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """LR factor for optimizer step ``step`` (0-based): linear warm-up, then constant/linear/cosine decay."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+    if schedule == "cosine":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ConfigError(f"`lr_schedule` must be constant, linear or cosine; got {schedule!r}.")
+
+
+class HFBackend:
+    """A causal LM (full fine-tuning or LoRA) with AdamW and a warm-up + decay schedule, on one device."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        max_grad_norm: float = 1.0,
+        warmup_steps: int = 0,
+        total_steps: int = 1,
+        lr_schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        selective_head: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+
+        if lr <= 0:
+            raise ConfigError(f"`lr` must be > 0; got {lr}.")
+        if max_grad_norm < 0:
+            raise ConfigError(f"`max_grad_norm` must be >= 0 (0 disables clipping); got {max_grad_norm}.")
+        lr_multiplier(0, warmup_steps=warmup_steps, total_steps=total_steps, schedule=lr_schedule,
+                      min_lr_ratio=min_lr_ratio)  # validates the schedule name
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.max_grad_norm = float(max_grad_norm)
+        self.selective_head = bool(selective_head) and self._head_is_plain()
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ConfigError("the model has no trainable parameter (`requires_grad` is False everywhere).")
+        decay = [p for p in self._params if p.dim() >= 2]
+        no_decay = [p for p in self._params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr, betas=betas, eps=eps, foreach=False,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_multiplier(s, warmup_steps=warmup_steps, total_steps=total_steps,
+                                    schedule=lr_schedule, min_lr_ratio=min_lr_ratio),
+        )
+
+    # -- the protocol ---------------------------------------------------------------------------
+    def forward_backward(self, batch: Batch) -> torch.Tensor:
+        import torch
+
+        self.model.train()
+        b = batch.to(self.device)
+        losses, _ = self._losses(b)  # [B] summed NLL over target tokens (eq. 1)
+        weighted = (losses * b.sample_weights.to(losses.dtype)).sum()
+        if weighted.requires_grad:
+            weighted.backward()
+        return losses.detach().to(torch.float32).cpu()
+
+    def per_sample_nll(self, batch: Batch) -> torch.Tensor:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                b = batch.to(self.device)
+                losses, counts = self._losses(b)
+                mean = torch.where(counts > 0, losses / counts.clamp_min(1e-12),
+                                   torch.full_like(losses, float("nan")))
+        finally:
+            self.model.train(was_training)
+        return mean.to(torch.float32).cpu()
+
+    def optimizer_step(self) -> dict[str, float]:
+        import torch
+
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        else:
+            norm = torch.zeros(())
+        grad_norm = float(norm)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": grad_norm, "lr": lr, "skipped": 1.0}
+        if self.max_grad_norm > 0 and grad_norm > self.max_grad_norm:
+            scale = self.max_grad_norm / (grad_norm + 1e-6)
+            for g in grads:
+                g.mul_(scale)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": grad_norm, "lr": lr, "skipped": 0.0}
+
+    def save(self, directory: str | Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {n: p.detach().contiguous().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        _atomic(out / _MODEL_FILE, lambda tmp: save_file(state, str(tmp)))
+        _atomic(out / _OPTIM_FILE, lambda tmp: torch.save(self.optimizer.state_dict(), tmp))
+        _atomic(out / _SCHED_FILE, lambda tmp: torch.save(self.scheduler.state_dict(), tmp))
+
+    def load(self, directory: str | Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        src = Path(directory)
+        for name in (_MODEL_FILE, _OPTIM_FILE, _SCHED_FILE):
+            if not (src / name).is_file():
+                raise CheckpointError(f"checkpoint {str(src)!r} lacks `{name}`; it is incomplete or not an "
+                                      "adnanny-sft HF-backend checkpoint.")
+        state = load_file(str(src / _MODEL_FILE))
+        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        missing = sorted(set(params) - set(state))
+        extra = sorted(set(state) - set(params))
+        if missing or extra:
+            raise CheckpointError(f"checkpoint {str(src / _MODEL_FILE)!r} does not match the model: missing "
+                                  f"{missing[:5]}, unexpected {extra[:5]} (different model or LoRA settings?).")
+        with torch.no_grad():
+            for n, p in params.items():
+                if tuple(state[n].shape) != tuple(p.shape):
+                    raise CheckpointError(f"tensor `{n}` in {str(src / _MODEL_FILE)!r} has shape "
+                                          f"{tuple(state[n].shape)}, the model expects {tuple(p.shape)}.")
+                p.copy_(state[n].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(torch.load(src / _OPTIM_FILE, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(src / _SCHED_FILE, weights_only=True))
+
+    # -- extras of the HF backend (not part of the protocol) -----------------------------------------
+    def export(self, directory: str | Path, *, tokenizer: Any = None, merge_lora: bool = True) -> Path:
+        """Write a standalone HF model directory (LoRA merged unless ``merge_lora=False``) for serve/rl."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if merge_lora and hasattr(model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(out, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        return out
+
+    def _head_is_plain(self) -> bool:
+        cfg = getattr(self.model, "config", None)
+        if cfg is None:
+            return False
+        for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(cfg, attr, None) not in (None, 1.0, 0):
+                return False
+        try:
+            return self.model.get_decoder() is not None and self.model.get_output_embeddings() is not None
+        except (AttributeError, NotImplementedError):
+            return False
+
+    def _losses(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ_t m·nll [B], Σ_t m [B]) for target tokens t ≥ 1; see the module docstring (selective head)."""
+        import torch
+        import torch.nn.functional as F
+
+        from adnanny_sft.objective import token_nll
+
+        attn = b.attention_mask.long()
+        position_ids = (attn.cumsum(dim=1) - 1).clamp_min(0)  # [B, T]: right or left padding alike
+        mask = b.loss_mask[:, 1:].float()  # [B, T-1]: weight of predicting token t from position t-1
+        counts = mask.sum(dim=1)
+        if not self.selective_head:
+            out = self.model(input_ids=b.input_ids, attention_mask=attn, position_ids=position_ids,
+                             use_cache=False)
+            nll = token_nll(out.logits, b.input_ids)[:, 1:]  # [B, T-1]
+            return (nll * mask).sum(dim=1), counts
+        decoder = self.model.get_decoder()
+        head = self.model.get_output_embeddings()
+        hidden = decoder(input_ids=b.input_ids, attention_mask=attn, position_ids=position_ids,
+                         use_cache=False).last_hidden_state  # [B, T, H]
+        sel = mask != 0  # [B, T-1]
+        rows = torch.nonzero(sel, as_tuple=True)
+        h = hidden[:, :-1, :][rows]  # [N, H]: positions predicting a target token
+        logits = head(h).float()  # [N, V]
+        targets = b.input_ids[:, 1:][rows]  # [N]
+        nll = F.cross_entropy(logits, targets, reduction="none") * mask[rows]  # [N]
+        losses = torch.zeros(b.input_ids.shape[0], dtype=nll.dtype, device=nll.device)
+        losses = losses.index_add(0, rows[0], nll)
+        return losses, counts
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write via ``write(tmp_path)`` to a temp name, fsync, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def build_hf_backend(
+    model: str | Path | dict[str, Any],
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    lora: LoraSettings | None = None,
+    device: str = "cpu",
+    **optim: Any,
+) -> HFBackend:
+    """Load/initialise a causal LM, wrap it in LoRA when ``lora`` is given, and return its backend.
+
+    ``optim`` keywords go to :class:`HFBackend` (lr, weight_decay, warmup_steps, total_steps, ...).
+    """
+    lm = load_causal_lm(model, dtype=dtype, seed=seed)
+    if lora is not None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed + 1)  # LoRA A matrices are random: make them reproducible too
+        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+        lm = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=target, task_type="CAUSAL_LM"))
+    return HFBackend(lm, device=device, **optim)

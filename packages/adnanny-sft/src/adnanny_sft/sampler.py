@@ -1,0 +1,150 @@
+"""Which samples form the next micro-batch: shuffling, weighted task sampling (eq. 7) and length bucketing.
+
+An *epoch* is N draws, N = training-set size. Without task probabilities every epoch is one permutation
+(each sample exactly once). With task probabilities (weighted task sampling, ``adnanny_sft.weighting``)
+each draw picks a task with probability λ_t, then the next sample of that task's own shuffled order
+(reshuffled when used up), so a task is never resampled before all its samples were seen.
+
+Length bucketing: draws are taken ``bucket_batches`` micro-batches at a time, sorted by token length,
+cut into micro-batches and the micro-batches shuffled, so padding shrinks while the batch order stays
+random. Megabatches never straddle an epoch boundary, so epoch ends (the checkpoints θ^(k) of eq. 4) are
+well defined. The whole state (numpy PCG64 state, per-task orders and cursors, pending micro-batches)
+is a JSON-able dict: restoring it continues the exact same sequence of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adnanny_sft.errors import ConfigError, DataError
+
+__all__ = ["MixtureSampler"]
+
+
+class MixtureSampler:
+    """Yields lists of dataset indices (one micro-batch each), see the module docstring."""
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        lengths: Sequence[int],
+        *,
+        batch_size: int,
+        seed: int,
+        bucket_batches: int = 8,
+    ) -> None:
+        import numpy as np
+
+        if batch_size < 1:
+            raise ConfigError(f"`batch_size` must be >= 1; got {batch_size}.")
+        if bucket_batches < 1:
+            raise ConfigError(f"`bucket_batches` must be >= 1 (1 disables length bucketing); got {bucket_batches}.")
+        if len(tasks) != len(lengths) or not tasks:
+            raise DataError(f"sampler needs one task and one length per sample; got {len(tasks)} and {len(lengths)}.")
+        self.tasks = list(tasks)
+        self.lengths = [int(x) for x in lengths]
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.by_task: dict[str, list[int]] = {}
+        for i, t in enumerate(self.tasks):
+            self.by_task.setdefault(t, []).append(i)
+        self.task_names = sorted(self.by_task)
+        self.probs: dict[str, float] | None = None
+        self.epoch = 0
+        self.drawn_in_epoch = 0
+        self._perm: list[int] = []  # plain mode: this epoch's permutation
+        self._task_order: dict[str, list[int]] = {}
+        self._task_cursor: dict[str, int] = {}
+        self._pending: list[tuple[int, list[int]]] = []  # (epoch, indices)
+
+    @property
+    def size(self) -> int:
+        return len(self.tasks)
+
+    def set_task_probs(self, probs: Mapping[str, float] | None) -> None:
+        """Weighted task sampling with these probabilities from the next megabatch on (None: plain epochs)."""
+        if probs is None:
+            self.probs = None
+            return
+        missing = set(self.task_names) - set(probs)
+        if missing:
+            raise DataError(f"task probabilities lack tasks {sorted(missing)}.")
+        total = sum(max(0.0, float(probs[t])) for t in self.task_names)
+        if total <= 0:
+            raise DataError(f"task probabilities must have a positive sum; got {dict(probs)}.")
+        self.probs = {t: max(0.0, float(probs[t])) / total for t in self.task_names}
+
+    def peek_epoch(self) -> int:
+        """Epoch of the next micro-batch (draws it if needed; the sequence is unchanged by peeking)."""
+        if not self._pending:
+            self._fill()
+        return self._pending[0][0]
+
+    def next_batch(self) -> tuple[int, list[int]]:
+        """(epoch, indices) of the next micro-batch."""
+        if not self._pending:
+            self._fill()
+        return self._pending.pop(0)
+
+    def _fill(self) -> None:
+        remaining = self.size - self.drawn_in_epoch
+        n = min(self.batch_size * self.bucket_batches, remaining)
+        if self.probs is None:
+            if not self._perm:
+                self._perm = self.rng.permutation(self.size).tolist()
+            draws = self._perm[self.drawn_in_epoch:self.drawn_in_epoch + n]
+        else:
+            draws = [self._draw_weighted() for _ in range(n)]
+        epoch = self.epoch
+        self.drawn_in_epoch += n
+        if self.drawn_in_epoch >= self.size:
+            self.epoch += 1
+            self.drawn_in_epoch = 0
+            self._perm = []
+        if self.bucket_batches > 1:
+            draws.sort(key=lambda i: (self.lengths[i], i))
+        chunks = [draws[k:k + self.batch_size] for k in range(0, len(draws), self.batch_size)]
+        order = self.rng.permutation(len(chunks)).tolist() if self.bucket_batches > 1 else range(len(chunks))
+        self._pending.extend((epoch, chunks[j]) for j in order)
+
+    def _draw_weighted(self) -> int:
+        names = self.task_names
+        probs = self.probs or {}
+        task = names[int(self.rng.choice(len(names), p=[probs[t] for t in names]))]
+        order = self._task_order.get(task)
+        cur = self._task_cursor.get(task, 0)
+        if order is None or cur >= len(order):
+            members = self.by_task[task]
+            order = [members[j] for j in self.rng.permutation(len(members)).tolist()]
+            self._task_order[task] = order
+            cur = 0
+        self._task_cursor[task] = cur + 1
+        return order[cur]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "probs": self.probs,
+            "epoch": self.epoch,
+            "drawn_in_epoch": self.drawn_in_epoch,
+            "perm": self._perm,
+            "task_order": self._task_order,
+            "task_cursor": self._task_cursor,
+            "pending": [[e, b] for e, b in self._pending],
+            "size": self.size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["size"]) != self.size:
+            raise DataError(f"sampler state was saved for {state['size']} samples; this training set has "
+                            f"{self.size}. Resume with the same data.")
+        self.rng.bit_generator.state = state["rng"]
+        self.probs = None if state["probs"] is None else {k: float(v) for k, v in state["probs"].items()}
+        self.epoch = int(state["epoch"])
+        self.drawn_in_epoch = int(state["drawn_in_epoch"])
+        self._perm = [int(i) for i in state["perm"]]
+        self._task_order = {k: [int(i) for i in v] for k, v in state["task_order"].items()}
+        self._task_cursor = {k: int(v) for k, v in state["task_cursor"].items()}
+        self._pending = [(int(e), [int(i) for i in b]) for e, b in state["pending"]]

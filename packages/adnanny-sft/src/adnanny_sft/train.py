@@ -1,0 +1,323 @@
+"""``adnanny-sft train``: multi-task SFT with adaptive instance and task weights (paper §4.2), one loop.
+
+Read top to bottom: data (corpus -> target forms -> public mix -> decontamination -> chat-template tokens),
+model + backend, weighting state, resume, then the step loop. Per optimizer step:
+
+1. draw ``grad_accum`` micro-batches from the sampler (tasks drawn by λ_t under weighted task sampling);
+2. per sample, loss factor s_b = w̃_{t,i} · c_t / N_tok (instance weight of eq. 5, task factor — λ_t/p_t
+   in loss-weighting mode, 1 in sampling mode — and the step's target-token count; see
+   ``adnanny_sft.objective`` for why this is eq. 2 up to a per-step constant);
+3. ``forward_backward`` each micro-batch (returns ℓ_b of eq. 1), stop on a non-finite loss;
+4. ``optimizer_step`` (stop if the gradient is non-finite: never applied);
+5. instance weights observe the visit (minibatch estimator) or, at an epoch end, the whole training set is
+   re-scored (exact estimator); task weights are re-estimated every ``task_eval_every`` steps or at epoch
+   ends (eq. 6–7); a checkpoint is written when due.
+
+Everything a resumed run needs (backend state, sampler RNG and queue, weighting state, torch RNG) is in the
+checkpoint, and the JSONL log is cut back to it, so an interrupted + resumed run logs exactly the losses
+of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adnanny_sft.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+from adnanny_sft.config import RESUME_SAFE_KEYS, SFTConfig
+from adnanny_sft.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+
+__all__ = ["TrainResult", "prepare_data", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where, how far, the final task metrics and the model directory."""
+
+    output_dir: Path
+    steps: int
+    model_dir: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    from adnanny_cook.corpus import atomic_write_bytes
+
+    atomic_write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+
+
+def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]]:
+    """(training examples, held-out rows, data report); writes refused/dropped rows next to the log."""
+    from adnanny_sft.data import read_rows, with_target_forms
+    from adnanny_sft.formatting import format_rows
+    from adnanny_sft.mixing import PUBLIC_TASK, Decontaminator, decontaminate, mix_public, read_public_rows
+
+    rows = read_rows(cfg.corpus, split="train")
+    if cfg.tasks:
+        present = {r["task"] for r in rows}
+        missing = sorted(set(cfg.tasks) - present)
+        if missing:
+            raise ConfigError(f"`tasks` names {missing}, absent from the corpus `{cfg.corpus}` (it has {sorted(present)}).")
+        rows = [r for r in rows if r["task"] in cfg.tasks]
+    rows, form_counts = with_target_forms(rows, cfg.target_forms)
+    n_ads = len(rows)
+    public = read_public_rows(cfg.public_data) if cfg.public_data else []
+    refused: list[dict[str, Any]] = []
+    if cfg.decontaminate:  # every ads row and the WHOLE public file, before any row is sampled
+        index = Decontaminator(cfg.decontaminate, n=cfg.decontam_ngram)
+        clean, refused = decontaminate(rows + public, index, on_contamination=cfg.on_contamination)
+        if refused:
+            _write_jsonl(out / "refused_rows.jsonl", refused)
+        rows = [r for r in clean if r["task"] != PUBLIC_TASK]
+        public = [r for r in clean if r["task"] == PUBLIC_TASK]
+    if cfg.public_data:
+        rows = mix_public(rows, public, ratio=cfg.public_ratio, seed=cfg.seed)
+    examples, report = format_rows(tokenizer, rows, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation)
+    if report.dropped_rows:
+        _write_jsonl(out / "dropped_rows.jsonl", report.dropped_rows)
+    if not examples:
+        raise DataError(f"no training example is left after formatting ({report.summary()}); raise `max_seq_len`.")
+    eval_rows: list[dict[str, Any]] = []
+    if cfg.task_weighting:
+        try:
+            eval_rows = read_rows(cfg.eval_corpus or cfg.corpus, split="eval")
+            if cfg.tasks:
+                eval_rows = [r for r in eval_rows if r["task"] in cfg.tasks]
+        except DataError as e:
+            raise ConfigError(f"`task_weighting` needs held-out rows: {e} Set `eval_corpus` or `task_weighting = false`.") from e
+    info = {"target_forms": form_counts, "ads_rows": n_ads, "public_rows": sum(r["task"] == PUBLIC_TASK for r in rows),
+            "refused_contaminated": len(refused), "format": report.as_dict(), "examples": len(examples),
+            "eval_rows": len(eval_rows), "summary": report.summary()}
+    return examples, eval_rows, info
+
+
+def _score_all(backend: Any, examples: list[Any], pad_id: int, batch_size: int) -> tuple[list[str], list[float]]:
+    """Token-mean NLL of every training example under the current parameters (exact estimator of eq. 3)."""
+    from adnanny_sft.formatting import collate
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    ids: list[str] = []
+    nll: list[float] = []
+    for k in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[k:k + batch_size]]
+        batch = collate(chunk, pad_id=pad_id, sample_weights=[0.0] * len(chunk))
+        ids.extend(e.id for e in chunk)
+        nll.extend(float(x) for x in backend.per_sample_nll(batch))
+    return ids, nll
+
+
+def _sha256(path: str) -> str | None:
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.parquet")) if p.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def train(
+    cfg: SFTConfig,
+    *,
+    evaluator: Callable[..., dict[str, float]] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) one SFT job; see the module docstring. ``evaluator`` overrides ``task_evaluator``;
+    ``on_step(step, backend)`` runs after each step's checkpoint (hooks for tests and custom monitoring)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from adnanny_sft.evaluation import load_evaluator
+    from adnanny_sft.formatting import collate, pad_token_id
+    from adnanny_sft.hf_backend import LoraSettings, build_hf_backend
+    from adnanny_sft.logs import RunLog
+    from adnanny_sft.models import resolve_model
+    from adnanny_sft.sampler import MixtureSampler
+    from adnanny_sft.weighting import InstanceWeighter, TaskWeighter
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    # ---- model, tokenizer and data --------------------------------------------------------------
+    model_spec, tokenizer = resolve_model(cfg.model, cfg.tokenizer, tiny_hidden_size=cfg.tiny_hidden_size)
+    examples, eval_rows, data_info = prepare_data(cfg, tokenizer, out)
+    pad_id = pad_token_id(tokenizer)
+    task_of = {e.id: e.task for e in examples}
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e.task] = counts.get(e.task, 0) + 1
+    draws_per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / draws_per_step))
+
+    lora = (LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
+                         else tuple(cfg.lora_target_modules)) if cfg.lora else None)
+    backend = build_hf_backend(
+        model_spec, dtype=cfg.dtype, seed=cfg.seed, lora=lora, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, selective_head=cfg.selective_head)
+
+    # ---- weighting state and sampler ------------------------------------------------------------
+    inst = InstanceWeighter(task_of, beta=cfg.instance_beta, w_min=cfg.instance_w_min, w_max=cfg.instance_w_max,
+                            estimator=cfg.instance_estimator, normalize=cfg.instance_normalize,
+                            enabled=cfg.instance_weighting)
+    taskw = TaskWeighter(counts, alpha=cfg.task_alpha, mode=cfg.task_weighting_mode, initial=cfg.task_initial,
+                         enabled=cfg.task_weighting)
+    sampler = MixtureSampler([e.task for e in examples], [len(e) for e in examples], batch_size=cfg.batch_size,
+                             seed=cfg.seed, bucket_batches=cfg.bucket_batches)
+    if taskw.enabled and taskw.mode == "sampling":
+        sampler.set_task_probs(taskw.sampling_probs())
+    if evaluator is None and cfg.task_weighting:
+        evaluator = load_evaluator(cfg.task_evaluator, tokenizer=tokenizer, rows=eval_rows, mode=cfg.eval_mode,
+                                   max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                   max_rows_per_task=cfg.eval_rows_per_task)
+
+    # ---- resume ------------------------------------------------------------------------------------
+    log = RunLog(out, tensorboard=cfg.tensorboard)
+    step, resumed_from = 0, 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not cfg.resume:
+        raise ConfigError(f"`output_dir` {str(out)!r} already holds checkpoints ({ckpt.name}) and `resume` is "
+                          "false; choose another `output_dir` or set `resume = true`.")
+    if ckpt is not None:
+        state, rng = read_trainer_state(ckpt)
+        saved = state["config"]
+        changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_SAFE_KEYS and saved.get(k) != v)
+        if changed:
+            raise CheckpointError(f"cannot resume from `{ckpt}`: config keys {changed} differ from the run that "
+                                  "wrote it; restore them or start in a new `output_dir`.")
+        backend.load(ckpt)
+        sampler.load_state_dict(state["sampler"])
+        inst.load_state_dict(state["instance"])
+        taskw.load_state_dict(state["task"])
+        torch.set_rng_state(rng["torch"])
+        step = resumed_from = int(state["step"])
+        log.truncate_after(step)
+    else:
+        log.truncate_after(-1)
+        log.write({"kind": "data", "step": 0, **{k: v for k, v in data_info.items() if k != "summary"},
+                   "task_counts": counts, "total_steps": total_steps})
+
+    def trainer_state() -> dict[str, Any]:
+        return {"step": step, "config": cfg.to_dict(), "sampler": sampler.state_dict(),
+                "instance": inst.state_dict(), "task": taskw.state_dict()}
+
+    if inst.enabled and inst.estimator == "epoch" and step == 0:  # ppl under θ^(0) (eq. 4's first term)
+        inst.end_of_epoch(*_score_all(backend, examples, pad_id, cfg.batch_size))
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    last_good = ckpt
+    metrics: dict[str, float] = {}
+    metrics_step = -1
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="sft", unit="step")
+    if cfg.progress:
+        bar.write(f"adnanny-sft: {len(examples)} examples {counts}; {data_info['summary']}; "
+                  f"{total_steps} steps{f', resumed from step {step}' if step else ''}")
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            micro = [sampler.next_batch() for _ in range(cfg.grad_accum)]
+            chunks = [[examples[i] for i in idx] for _, idx in micro]
+            n_tok = sum(e.num_target_tokens for c in chunks for e in c)
+            task_loss: dict[str, float] = {}
+            task_tok: dict[str, int] = {}
+            objective, seen_tokens = 0.0, 0
+            for chunk in chunks:
+                weights = [inst.loss_weight(e.id) * taskw.loss_factor(e.task) / n_tok for e in chunk]
+                batch = collate(chunk, pad_id=pad_id, sample_weights=weights)
+                losses = backend.forward_backward(batch)  # [B] ℓ_b, eq. 1
+                bad = [e.id for e, v in zip(chunk, losses.tolist(), strict=True) if not math.isfinite(v)]
+                if bad:
+                    raise NonFiniteLossError(
+                        f"loss became non-finite at step {step + 1} (samples {bad[:5]}); training stopped. "
+                        f"Last good checkpoint: {str(last_good) if last_good else 'none (no checkpoint yet)'}. "
+                        "Lower `lr`, check the data, or resume from that checkpoint.")
+                objective += float((losses * batch.sample_weights).sum())
+                seen_tokens += int(batch.attention_mask.sum())
+                mean_nll = []
+                for e, v in zip(chunk, losses.tolist(), strict=True):
+                    k = e.num_target_tokens
+                    task_loss[e.task] = task_loss.get(e.task, 0.0) + v
+                    task_tok[e.task] = task_tok.get(e.task, 0) + k
+                    mean_nll.append(v / k if k else float("nan"))
+                inst.observe([e.id for e in chunk], mean_nll)
+            stats = backend.optimizer_step()
+            if stats.get("skipped"):
+                raise NonFiniteLossError(
+                    f"gradient norm is {stats['grad_norm']} at step {step + 1}; the update was not applied and "
+                    f"training stopped. Last good checkpoint: {str(last_good) if last_good else 'none'}.")
+            step += 1
+            dt = time.perf_counter() - t0
+            per_task = {t: task_loss[t] / max(1, task_tok[t]) for t in sorted(task_loss)}
+            if step % cfg.log_every == 0 or step == total_steps:
+                log.write({"kind": "train", "step": step, "epoch": micro[-1][0], "loss": objective,
+                           "nll": sum(task_loss.values()) / max(1, n_tok), "task_nll": per_task,
+                           "target_tokens": n_tok, "tokens": seen_tokens, "tokens_per_s": seen_tokens / dt,
+                           "lr": stats["lr"], "grad_norm": stats["grad_norm"], "lambda": dict(taskw.lambdas)})
+            bar.update(1)
+            bar.set_postfix_str(f"loss {sum(task_loss.values()) / max(1, n_tok):.3f} {seen_tokens / dt:.0f} tok/s "
+                                + " ".join(f"{t[:10]}={v:.2f}" for t, v in per_task.items()))
+
+            # an epoch ended if this step's batches, or the next batch, belong to a later epoch than its first
+            epoch_end = (sampler.peek_epoch() if step < total_steps else micro[-1][0]) > micro[0][0]
+            if epoch_end or step == total_steps:
+                if inst.enabled and inst.estimator == "epoch" and epoch_end and step < total_steps:
+                    inst.end_of_epoch(*_score_all(backend, examples, pad_id, cfg.batch_size))
+                log.write({"kind": "epoch", "step": step, "epoch": micro[-1][0],
+                           "instance_weights": inst.per_task_stats()})
+            due_eval = evaluator is not None and (
+                (cfg.task_eval_every and step % cfg.task_eval_every == 0) or (not cfg.task_eval_every and epoch_end))
+            if due_eval:
+                metrics, metrics_step = evaluator(backend, step=step), step
+                lambdas = taskw.update(metrics, step)
+                if taskw.enabled and taskw.mode == "sampling":
+                    sampler.set_task_probs(taskw.sampling_probs())
+                log.write({"kind": "eval", "step": step, "metrics": metrics, "lambda": lambdas,
+                           "details": getattr(evaluator, "last_details", {})})
+            if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and epoch_end) \
+                    or step == total_steps:
+                last_good = save_checkpoint(out, step, backend, trainer_state(), keep=cfg.keep_checkpoints)
+            if on_step is not None:
+                on_step(step, backend)
+    finally:
+        bar.close()
+        log.close()
+
+    # ---- final metrics, model and manifest --------------------------------------------------------
+    if evaluator is not None and metrics_step != step:  # report metrics of the final model
+        metrics = evaluator(backend, step=step)
+    model_dir = None
+    if cfg.export:
+        model_dir = backend.export(out / "model", tokenizer=tokenizer)
+    _write_manifest(out, cfg, data_info, metrics, step)
+    return TrainResult(output_dir=out, steps=step, model_dir=model_dir, metrics=metrics, data=data_info,
+                       resumed_from=resumed_from)
+
+
+def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+    import torch
+    import transformers
+
+    from adnanny_cook.corpus import atomic_write_bytes
+    from adnanny_sft.__about__ import __version__
+
+    manifest = {
+        "stage": "sft", "steps": step, "config": cfg.to_dict(),
+        "inputs": {"corpus": {"path": cfg.corpus, "sha256": _sha256(cfg.corpus)},
+                   "public_data": {"path": cfg.public_data, "sha256": _sha256(cfg.public_data)} if cfg.public_data else None},
+        "data": data, "metrics": metrics,
+        "versions": {"adnanny-sft": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
