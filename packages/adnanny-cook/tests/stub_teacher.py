@@ -10,7 +10,9 @@ Scripted behaviour, all derived from SHA-256 of the request so reruns see the sa
   malformed (missing tag), contradict (wrong label), boilerplate (no input details), divergent (hallucinated
   off-topic text), unsound (flagged by the verifier);
 * generation prompts (keyword -> queries) return 4 compliant queries plus a duplicate, a broader and an off-topic one;
-* verifier prompts (system starts with "You verify") answer yes/no tags; "unsound" traces get <Sound>no</Sound>.
+* verifier prompts (system starts with "You verify") answer yes/no tags; "unsound" traces get <Sound>no</Sound>
+  (or, with `verdict=...`, that text verbatim); with `diverge_on=TEXT`, prompts containing TEXT get a
+  well-formed but divergent trace (one prompt variant disagreeing with the others).
 It records every request: attempts per key, successes per key, the kind served per key.
 """
 
@@ -36,8 +38,11 @@ def _h(s: str) -> int:
 class StubTeacher:
     def __init__(self, *, k: int = 4, bad_rate: float = 0.5, p429: float = 0.0, p500: float = 0.0,
                  p_timeout: float = 0.0, stall_s: float = 2.0, latency_s: float = 0.0, retry_after: str = "0.01",
-                 kinds: tuple[str, ...] = BAD_KINDS) -> None:
+                 kinds: tuple[str, ...] = BAD_KINDS, verdict: str | None = None,
+                 diverge_on: str | None = None) -> None:
         self.k, self.bad_rate = k, bad_rate
+        self.verdict = verdict  # when set: the verifier's answer, verbatim (e.g. an unparsable one)
+        self.diverge_on = diverge_on  # when this text is in a cooking prompt: a divergent (but well-formed) trace
         self.p429, self.p500, self.p_timeout, self.stall_s = p429, p500, p_timeout, stall_s
         self.latency_s, self.retry_after, self.kinds = latency_s, retry_after, kinds
         self.lock = threading.Lock()
@@ -142,6 +147,8 @@ class StubTeacher:
         msgs = body["messages"]
         system, user = msgs[0]["content"], msgs[-1]["content"]
         if system.startswith("You verify"):
+            if self.verdict is not None:
+                return self.verdict, "verifier"
             unsound = "always relevant" in user
             return (f"<Faithful>yes</Faithful><Sound>{'no' if unsound else 'yes'}</Sound>"
                     f"<Guidelines>yes</Guidelines>", "verifier")
@@ -173,6 +180,8 @@ class StubTeacher:
         kind = "good"
         if hr % 1000 / 1000.0 < self.bad_rate and seed == hr % self.k:
             kind = self.kinds[(hr // 1000) % len(self.kinds)]
+        if self.diverge_on is not None and self.diverge_on in user:
+            kind = "divergent"
         vals = [v for _, v in given]
         facts = "; ".join(f"the {k.lower()} is '{v}'" for k, v in inputs.items())
         conclusion = ", ".join(f"{name} '{v}'" for name, v in given)

@@ -57,12 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path")
     c.add_argument("--json", action="store_true", help="print stats as JSON")
     c.set_defaults(fn=_cmd_check_corpus)
-    try:
-        from adnanny_cook.cli_run import add_run_parsers
-    except ImportError:  # pragma: no cover - only while the pipeline module is absent
-        pass
-    else:
-        add_run_parsers(sub)
+    from adnanny_cook.cli_run import add_run_parsers  # light: imports CookConfig only when flags are built
+
+    add_run_parsers(sub)
     return p
 
 

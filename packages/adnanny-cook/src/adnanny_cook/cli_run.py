@@ -47,10 +47,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest/report as JSON")
 
 
-def _load(a: argparse.Namespace) -> Any:
+def _load(a: argparse.Namespace, *, input_from_golden: bool = False) -> Any:
     from adnanny_cook.config import CookConfig, load_config
 
     overrides = {f.name: getattr(a, f.name) for f in fields(CookConfig)}
+    if input_from_golden and overrides["input"] is None and overrides["golden"] is not None:
+        # validate-prompts reads only the golden set; don't make users name a corpus input it never opens
+        overrides["input"] = overrides["golden"]
     return load_config(a.config, overrides)
 
 
@@ -72,7 +75,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 def _cmd_validate(a: argparse.Namespace) -> int:
     from adnanny_cook.golden import validate_prompts
 
-    cfg = _load(a)
+    cfg = _load(a, input_from_golden=True)
     if not cfg.golden:
         from adnanny_cook.errors import ConfigError
 

@@ -203,6 +203,11 @@ class TeacherClient:
                 self.stats.errors[type(e).__name__] += 1
                 raise TeacherError(f"teacher returned HTTP {e.status_code} (not retryable) for model "
                                    f"{self.model!r} at {self.base_url!r}: {e}") from e
+            if not resp.choices:
+                self.stats.errors["NoChoices"] += 1
+                raise TeacherError(f"teacher at {self.base_url!r} answered without `choices` for model "
+                                   f"{self.model!r}; check the endpoint speaks the chat-completions protocol",
+                                   retryable=True)
             choice = resp.choices[0]
             msg = choice.message
             content = msg.content or ""

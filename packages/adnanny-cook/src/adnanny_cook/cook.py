@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from adnanny_cook.client import TeacherClient
@@ -23,7 +24,7 @@ from adnanny_cook.loaders import Item
 from adnanny_cook.tasks import get_task
 from adnanny_cook.verifier import parse_verdict, verifier_messages
 
-__all__ = ["ChunkCooker", "make_clients"]
+__all__ = ["ChunkCooker", "make_clients", "open_cooker"]
 
 _MEMORY = 64  # rationales remembered per (task, labels) for MMR diversity
 
@@ -43,6 +44,19 @@ def make_clients(cfg: CookConfig) -> tuple[TeacherClient, TeacherClient | None]:
     return teacher, verifier
 
 
+@asynccontextmanager
+async def open_cooker(cfg: CookConfig, embedder: Embedder) -> AsyncIterator[ChunkCooker]:
+    """A `ChunkCooker` with its teacher (and verifier) clients, closed on exit: the one lifecycle the local and
+    the Ray executor share."""
+    teacher, verifier = make_clients(cfg)
+    try:
+        yield ChunkCooker(cfg, teacher, verifier, embedder)
+    finally:
+        await teacher.aclose()
+        if verifier is not None:
+            await verifier.aclose()
+
+
 class ChunkCooker:
     def __init__(self, cfg: CookConfig, teacher: TeacherClient, verifier: TeacherClient | None,
                  embedder: Embedder) -> None:
@@ -53,6 +67,13 @@ class ChunkCooker:
         self.memory: dict[str, Any] = {}
         self.kw_seen: dict[str, list[tuple[frozenset[str], Any]]] = {}
         self.counts: Counter[str] = Counter()
+
+    def stats(self) -> dict[str, Any]:
+        """Teacher (and verifier) call accounting for the manifest."""
+        out = {"teacher": self.teacher.stats.as_dict()}
+        if self.verifier is not None:
+            out["verifier"] = self.verifier.stats.as_dict()
+        return out
 
     # ------------------------------------------------------------------ state replay (resume)
     def replay(self, results: Sequence[dict[str, Any]]) -> None:
@@ -138,7 +159,8 @@ class ChunkCooker:
         except TeacherError as e:
             if not e.retryable:
                 raise
-            c.drop, c.detail = "verifier", f"verifier unavailable: {e}"
+            # an outage is not a judgment: counted as a teacher error, so the chunk is redone on rerun
+            c.drop, c.detail = "teacher_error", f"verifier unavailable: {e}"
             return
         except ParseError as e:
             c.drop, c.detail = "verifier", f"unparsable verdict: {e}"

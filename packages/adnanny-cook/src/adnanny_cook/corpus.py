@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,6 @@ CORPUS_COLUMNS: tuple[str, ...] = ("id", "task", "mode", "messages", "target", "
                                    "provenance", "input")
 CORPUS_FILE = "corpus.parquet"
 _MODES = ("reasoning", "label")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _SPLITS = ("train", "eval")
 
 
@@ -72,20 +69,30 @@ def _frame(rows: list[dict[str, Any]]):
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a file via temp name + fsync + rename, so a crash never leaves a half-written file behind."""
+    """Write a file via temp name + fsync + rename (+ directory fsync), so a crash never leaves a half-written
+    file behind and a finished rename survives power loss.
+
+    The temp file is opened with mode 0o644 so the kernel applies the process umask (what a plain `open` would
+    give); `tempfile.mkstemp` would leave corpora readable by their owner only.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.chmod(tmp, 0o644 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def write_corpus(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, validate: bool = True) -> Path:

@@ -60,6 +60,7 @@ class Candidate:
     drop: str | None = None
     detail: str = ""
     scores: dict[str, float] = field(default_factory=dict)
+    parsed: dict[str, Any] | None = None   # labels the output's tags carry (set by `schema_parse`)
 
 
 def schema_parse(spec: TaskSpec, c: Candidate) -> str | None:
@@ -69,8 +70,7 @@ def schema_parse(spec: TaskSpec, c: Candidate) -> str | None:
         c.detail = f"{e.kind}: {e}"
         return "schema"
     c.reasoning = parsed.reasoning
-    c.scores["_parsed"] = 1.0
-    c.__dict__["parsed_labels"] = parsed.labels
+    c.parsed = parsed.labels
     return None
 
 
@@ -96,7 +96,7 @@ def stated_labels(spec: TaskSpec, reasoning: str) -> dict[str, set[Any]]:
 
 
 def contradiction_reason(spec: TaskSpec, c: Candidate) -> str | None:
-    parsed = c.__dict__.get("parsed_labels", {})
+    parsed = c.parsed or {}
     for f, v in c.labels.items():
         if parsed.get(f) != v:
             c.detail = f"tag {spec.open_tag(f)} says {parsed.get(f)!r}, supervision says {v!r}"

@@ -27,6 +27,10 @@ class Item:
     labels: dict[str, Any] | None   # None: a generation task whose output must be generated first
 
 
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
+
+
 def read_table(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.exists():
@@ -89,22 +93,23 @@ def load_items(path: str | Path, task: str, *, columns: Mapping[str, str] | None
         rid = str(r.get(id_column)) if r.get(id_column) is not None else f"row{n}"
         reasons = []
         inp = {f: r.get(cols.get(f, f)) for f in spec.input_fields}
-        for f, v in inp.items():
-            if v is None or (isinstance(v, str) and not v.strip()):
-                reasons.append(f"column `{cols.get(f, f)}` (field `{f}`) is missing or empty")
-        labels: dict[str, Any] | None = {}
-        for f, allowed in spec.label_fields.items():
+        for f in spec.missing_inputs(inp):
+            reasons.append(f"column `{cols.get(f, f)}` (field `{f}`) is missing or empty")
+        given = {f: r.get(cols.get(f, f)) for f in spec.label_fields}
+        # generation tasks: no output field at all = "generate it"; some but not all = a bad row (never a
+        # silent fall-back to generation that would discard the outputs the row does carry)
+        generate = spec.kind == "generation" and all(map(_blank, given.values()))
+        labels: dict[str, Any] | None = None if generate else {}
+        for f, v in ({} if generate else given).items():
             c = cols.get(f, f)
-            v = r.get(c)
-            if v is None or (isinstance(v, str) and not v.strip()):
-                if spec.kind == "generation":
-                    labels = None
-                    break
-                reasons.append(f"label column `{c}` is missing or empty")
+            if _blank(v):
+                hint = " (generation rows give every output field or none)" if spec.kind == "generation" else ""
+                reasons.append(f"label column `{c}` is missing or empty{hint}")
                 continue
             try:
-                labels[f] = spec.check_value(f, v)
+                labels[f] = spec.check_value(f, v)  # type: ignore[index]
             except ParseError:
+                allowed = spec.label_fields[f]
                 reasons.append(f"label column `{c}` has {v!r}, not in {list(allowed) if allowed else 'text'}")
         if rid in seen:
             reasons.append(f"duplicate id {rid!r} in column `{id_column}`")

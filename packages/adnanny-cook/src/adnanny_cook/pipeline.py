@@ -7,7 +7,9 @@ Output directory:
     dropped.jsonl                          every rejected candidate / generated output and why (write_dropped)
     golden_report.json / .md               prompt validation report (when `golden` is set)
     cache.sqlite                           teacher response cache (default location)
-    .work/chunks/NNNNN.json                finished chunks (atomic files): what a resumed run skips
+    .work/chunks/NNNNN.json                finished chunks (atomic files): what a resumed run skips; a chunk
+                                           with a teacher call that failed after all retries is not written,
+                                           so a rerun retries those calls
 
 Resume: chunk i always holds inputs [i*chunk_size, (i+1)*chunk_size) of the (validated) input, so a restarted
 run skips finished chunk files and recomputes an interrupted chunk from the response cache without calls.
@@ -29,7 +31,7 @@ from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
 from adnanny_cook.errors import AdNannyCookError
 from adnanny_cook.loaders import Item, load_items
 
-__all__ = ["CookResult", "run_cook"]
+__all__ = ["CookResult", "run_cook", "write_chunk"]
 
 
 class CookResult(dict):
@@ -50,6 +52,19 @@ def _file_hash(path: str) -> str:
 
 def _chunk_path(out: Path, i: int) -> Path:
     return out / ".work" / "chunks" / f"{i:05d}.json"
+
+
+def write_chunk(out: Path, i: int, results: list[dict[str, Any]]) -> bool:
+    """Checkpoint finished chunk `i` (atomic) unless a teacher call in it failed after all retries.
+
+    WHY: a checkpointed chunk is skipped on resume; if an endpoint outage were checkpointed, its inputs would be
+    lost for good. Left unwritten, a rerun redoes the chunk: finished calls come back from the cache, only the
+    failed ones are sent again. Returns whether the chunk was written.
+    """
+    if any(d["reason"] == "teacher_error" for r in results for d in r["drops"]):
+        return False
+    atomic_write_bytes(_chunk_path(out, i), json.dumps({"chunk": i, "results": results}).encode())
+    return True
 
 
 def _prefilter_keywords(cfg: CookConfig, items: list[Item], embedder: Any) -> tuple[list[Item], list[dict]]:
@@ -130,37 +145,31 @@ async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int]
                       done: dict[int, list[dict[str, Any]]], embedder: Any) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from adnanny_cook.cook import ChunkCooker, make_clients
+    from adnanny_cook.cook import open_cooker
 
-    teacher, verifier = make_clients(cfg)
-    cooker = ChunkCooker(cfg, teacher, verifier, embedder)
     out = Path(cfg.out)
     kept = dropped = 0
     bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(chunks[i]) for i in done), unit="input",
                disable=not cfg.progress, desc=f"cook {cfg.task}", dynamic_ncols=True)
     try:
-        replayed_upto = -1
-        for i in todo:
-            # the cooker's diversity/near-duplicate state must reflect every chunk before i
-            cooker.replay([r for j in sorted(done) if replayed_upto < j < i for r in done[j]])
-            res = await cooker.cook(chunks[i])
-            replayed_upto = i
-            atomic_write_bytes(_chunk_path(out, i), json.dumps({"chunk": i, "results": res}).encode())
-            done[i] = res
-            kept += sum(len(s["chosen"]) for r in res for s in r["subs"])
-            dropped += sum(len(r["drops"]) for r in res)
-            bar.update(len(chunks[i]))
-            st = teacher.stats
-            bar.set_postfix(calls=st.calls, cached=st.cache_hits, kept=kept, dropped=dropped, retries=st.retries)
+        async with open_cooker(cfg, embedder) as cooker:
+            replayed_upto = -1
+            for i in todo:
+                # the cooker's diversity/near-duplicate state must reflect every chunk before i
+                cooker.replay([r for j in sorted(done) if replayed_upto < j < i for r in done[j]])
+                res = await cooker.cook(chunks[i])
+                replayed_upto = i
+                write_chunk(out, i, res)
+                done[i] = res
+                kept += sum(len(s["chosen"]) for r in res for s in r["subs"])
+                dropped += sum(len(r["drops"]) for r in res)
+                bar.update(len(chunks[i]))
+                st = cooker.teacher.stats
+                bar.set_postfix(calls=st.calls, cached=st.cache_hits, kept=kept, dropped=dropped,
+                                retries=st.retries)
     finally:
         bar.close()
-        await teacher.aclose()
-        if verifier is not None:
-            await verifier.aclose()
-    stats = {"teacher": teacher.stats.as_dict()}
-    if verifier is not None:
-        stats["verifier"] = verifier.stats.as_dict()
-    return stats
+    return cooker.stats()
 
 
 def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict[str, Any]],

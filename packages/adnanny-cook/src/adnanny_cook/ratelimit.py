@@ -7,10 +7,10 @@ Token use is estimated before a call and corrected with the reported usage after
 
 from __future__ import annotations
 
-from adnanny_cook.errors import ConfigError
-
 import asyncio
 import time
+
+from adnanny_cook.errors import ConfigError
 
 __all__ = ["RateLimiter", "TokenBucket"]
 

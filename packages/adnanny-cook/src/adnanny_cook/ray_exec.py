@@ -36,31 +36,20 @@ class _ChunkWorker:
         self.kw_seen: dict[str, Any] = {}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from adnanny_cook.corpus import atomic_write_bytes
-        from adnanny_cook.pipeline import _chunk_path
+        from adnanny_cook.pipeline import write_chunk
 
         items = [Item(d["id"], d["input"], d["labels"]) for d in json.loads(row["items"])]
         res, stats = asyncio.run(self._cook(items))
-        atomic_write_bytes(_chunk_path(Path(self.cfg.out), int(row["chunk"])),
-                           json.dumps({"chunk": int(row["chunk"]), "results": res}).encode())
+        write_chunk(Path(self.cfg.out), int(row["chunk"]), res)
         return {"chunk": int(row["chunk"]), "results": json.dumps(res), "stats": json.dumps(stats)}
 
     async def _cook(self, items: list[Item]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        from adnanny_cook.cook import ChunkCooker, make_clients
+        from adnanny_cook.cook import open_cooker
 
-        teacher, verifier = make_clients(self.cfg)
-        cooker = ChunkCooker(self.cfg, teacher, verifier, self.embedder)
-        cooker.memory, cooker.kw_seen = self.memory, self.kw_seen
-        try:
+        async with open_cooker(self.cfg, self.embedder) as cooker:
+            cooker.memory, cooker.kw_seen = self.memory, self.kw_seen
             res = await cooker.cook(items)
-        finally:
-            await teacher.aclose()
-            if verifier is not None:
-                await verifier.aclose()
-        stats = {"teacher": teacher.stats.as_dict()}
-        if verifier is not None:
-            stats["verifier"] = verifier.stats.as_dict()
-        return res, stats
+        return res, cooker.stats()
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +72,9 @@ def cook_chunks_ray(cfg: CookConfig, chunks: dict[int, list[Item]]) -> tuple[dic
         return {}, {"teacher": {"calls": 0, "cache_hits": 0}}
     started = False
     if not ray.is_initialized():
+        # workers read the teacher key from `api_key_env` (not only OPENAI_API_KEY) like the local executor
         env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
-                                           "OPENAI_API_KEY") if k in os.environ}
+                                           cfg.api_key_env) if k in os.environ}
         env.setdefault("HF_HUB_OFFLINE", "1")
         kw: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
                               "log_to_driver": False, "configure_logging": False}

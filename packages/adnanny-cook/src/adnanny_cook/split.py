@@ -8,13 +8,13 @@ come from an inverted index over tokens, so the cost stays near-linear for short
 
 from __future__ import annotations
 
-from adnanny_cook.errors import ConfigError
-
 import random
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from adnanny_cook.errors import ConfigError
 
 __all__ = ["GROUP_KEYS", "group_key", "near_duplicate_groups", "split_rows"]
 

@@ -19,8 +19,6 @@ Layout (see the package README for the columns):
 
 from __future__ import annotations
 
-from adnanny_cook.errors import ConfigError
-
 import io
 import json
 import random
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
+from adnanny_cook.errors import ConfigError
 
 __all__ = ["SAMPLE_SIZES", "make_sample"]
 

@@ -9,14 +9,13 @@ parser needs. The chat template marks assistant turns with ``{% generation %}`` 
 
 from __future__ import annotations
 
-from adnanny_cook.errors import ConfigError
-
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from adnanny_cook.corpus import atomic_write_bytes
-from adnanny_cook.tasks import all_tasks
+from adnanny_cook.errors import ConfigError
+from adnanny_cook.tasks import CONTROL_TAGS
 
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "task_tag_tokens", "train_tokenizer"]
 
@@ -36,10 +35,9 @@ CHAT_TEMPLATE = (
 
 
 def task_tag_tokens() -> list[str]:
-    tags = {"think"}
-    for t in all_tasks():
-        tags.update(t.tags.values())
-    return [s for tag in sorted(tags) for s in (f"<{tag}>", f"</{tag}>")]
+    """Opening and closing form of every control tag (the registry's `CONTROL_TAGS`: one list, so a new task's
+    tags are added tokens here and defanged in prompts without a second edit)."""
+    return [s for tag in sorted(CONTROL_TAGS) for s in (f"<{tag}>", f"</{tag}>")]
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8192) -> Path:

@@ -51,11 +51,21 @@ def defang(text: str) -> str:
     def _sub(m: re.Match[str]) -> str:
         return "<" + _WORD_JOINER + m.group(1)
 
-    return _CONTROL_RE.sub(_sub, text)
+    return _control_re().sub(_sub, text)
 
 
-_CONTROL_RE = re.compile(r"<(/?(?:think|Label|LocationLabel|AdQuality|Score|Query|Queries|Profile|Title|"
-                         r"Description|Keywords|Preference)>)", re.IGNORECASE)
+_CONTROL_CACHE: dict[frozenset[str], re.Pattern[str]] = {}
+
+
+def _control_re() -> re.Pattern[str]:
+    """Regex over `CONTROL_TAGS` (rebuilt if a task registers new tags), so defanging and the tokenizer's added
+    tokens always cover the same tags."""
+    key = frozenset(CONTROL_TAGS)
+    rx = _CONTROL_CACHE.get(key)
+    if rx is None:
+        alt = "|".join(re.escape(t) for t in sorted(key, key=len, reverse=True))
+        rx = _CONTROL_CACHE[key] = re.compile(rf"<(/?(?:{alt})>)", re.IGNORECASE)
+    return rx
 
 
 @dataclass(frozen=True)
