@@ -1,0 +1,24 @@
+"""Inference engines behind one interface: :class:`Engine` ``.generate(prompts, SamplingParams)``.
+
+The transformers and vLLM engines are imported lazily from their modules (they pull torch / vllm).
+"""
+
+from adnanny_serve.engines.base import Engine, Generation, SamplingParams
+
+__all__ = ["Engine", "Generation", "SamplingParams", "load_engine"]
+
+
+def load_engine(model: str, *, engine: str = "transformers", device: str = "cpu", dtype: str | None = None,
+                batch_size: int = 8) -> Engine:
+    """Build an engine by name on a local model dir."""
+    from adnanny_serve.errors import ConfigError
+
+    if engine == "transformers":
+        from adnanny_serve.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine.from_pretrained(model, device=device, dtype=dtype, batch_size=batch_size)
+    if engine == "vllm":
+        from adnanny_serve.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, **({"dtype": dtype} if dtype else {}))
+    raise ConfigError(f"`engine` must be 'transformers' or 'vllm'; got {engine!r}.")

@@ -1,0 +1,302 @@
+"""Batched generation with Hugging Face transformers (CPU fp32, GPU bf16).
+
+Prompts are sorted by token length and cut into batches of ``batch_size`` so each batch pads little;
+padding is on the left so every row's next token sits in the last column. Stop strings are checked on
+the decoded tail of each row after every step (a row that hits one is finished while the others go
+on), then the text is cut at the first stop string. Log-probabilities come from the raw logits
+(before temperature / top-p), like vLLM's default.
+
+Prefix caching. Labeling prompts share a long prefix (system prompt, guidelines, worked example: ~300 of
+~350 tokens for query_ad), so the engine computes the KV cache of the prompts' longest common token prefix
+once (kept across calls while the prefix stays the same, as vLLM's automatic prefix caching does) and
+prefills only each prompt's own suffix. Rows are laid out as ``prefix | pads | suffix``; position ids come
+from the attention mask's cumulative sum, so every real token keeps the position it has without the cache,
+and greedy outputs equal the uncached ones (tested).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adnanny_serve._compat import cache_kwarg
+from adnanny_serve.engines.base import Generation, SamplingParams
+from adnanny_serve.errors import ConfigError, EngineError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TransformersEngine"]
+
+
+def _stop_criteria_class():  # built lazily: importing transformers is slow
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StopOnStrings(StoppingCriteria):
+        """Marks a row finished once its decoded completion contains a stop string or EOS."""
+
+        def __init__(self, tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int]):
+            self.tok = tokenizer
+            self.prompt_len = prompt_len
+            self.stops = stops
+            self.eos_ids = eos_ids
+            # A stop string spans at most len(s) tokens (every token decodes to >= 1 char, mostly);
+            # decode a few more to be safe with byte-level pieces.
+            self.tail = max((len(s) for s in stops), default=0) + 8
+            self.stopped_at: dict[int, int] = {}  # row -> number of completion tokens when it stopped
+
+        def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
+            b, t = input_ids.shape
+            n = t - self.prompt_len
+            done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+            for row in range(b):
+                if row in self.stopped_at:
+                    done[row] = True
+                    continue
+                last = int(input_ids[row, -1])
+                if last in self.eos_ids:
+                    self.stopped_at[row] = n
+                    done[row] = True
+                    continue
+                if self.stops:
+                    tail_ids = input_ids[row, max(self.prompt_len, t - self.tail):].tolist()
+                    text = self.tok.decode(tail_ids, skip_special_tokens=False)
+                    if any(s in text for s in self.stops):
+                        self.stopped_at[row] = n
+                        done[row] = True
+            return done
+
+    return _StopOnStrings
+
+
+class TransformersEngine:
+    """The :class:`~adnanny_serve.engines.base.Engine` on a transformers causal LM.
+
+    Build it with :meth:`from_pretrained` (a local HF dir; FP8 checkpoints are dequantized at load on
+    CPU) or from an already loaded model and tokenizer.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, add_special_tokens: bool = False,
+                 prefix_caching: bool = True, min_prefix_tokens: int = 32):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.add_special_tokens = add_special_tokens
+        self.prefix_caching = prefix_caching
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefix_ids: tuple[int, ...] = ()
+        self._prefix_cache: Any = None
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos]) - {None}
+        # Chat templates end the assistant turn with a token such as <|im_end|>: stop there too.
+        for name in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
+            tid = tokenizer.convert_tokens_to_ids(name) if name in tokenizer.get_vocab() else None
+            if tid is not None:
+                self.eos_ids.add(int(tid))
+        self.model_name = str(getattr(model.config, "_name_or_path", "") or "model")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        batch_size: int = 8,
+        fp8_loader: str = "adnanny",
+        prefix_caching: bool = True,
+    ) -> "TransformersEngine":
+        """Load a local HF checkpoint. ``dtype`` defaults to fp32 on CPU and bf16 on CUDA.
+
+        FP8 checkpoints (``quantization_config.quant_method == "fp8"``): ``fp8_loader="adnanny"``
+        dequantizes them at load with adnanny-ckpt's codec (works for any shape); ``"transformers"``
+        uses transformers' own path (on CPU it also dequantizes, but needs shapes that are whole
+        multiples of the block).
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from adnanny_serve._compat import dtype_kwarg
+        from adnanny_serve.fp8_load import is_fp8_checkpoint, load_fp8_dequantized
+
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise EngineError(f"`model` must be a local HF checkpoint dir with a config.json; got {str(p)!r}.")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"`device` is {device!r} but CUDA is not available; pass `--device cpu`.")
+        dt_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dt_name)
+        if dt is None:
+            raise ConfigError(f"`dtype` must be float32, bfloat16 or float16; got {dtype!r}.")
+        if fp8_loader not in ("adnanny", "transformers"):
+            raise ConfigError(f"`fp8_loader` must be 'adnanny' or 'transformers'; got {fp8_loader!r}.")
+        tok = AutoTokenizer.from_pretrained(p)
+        if is_fp8_checkpoint(p) and fp8_loader == "adnanny":
+            model = load_fp8_dequantized(p, dtype=dt)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(p, **{dtype_kwarg(): dt})
+        model.to(device)
+        return cls(model, tok, batch_size=batch_size, prefix_caching=prefix_caching)
+
+    # ------------------------------------------------------------------ helpers
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        """The prompt string for ``messages`` with the generation prompt (assistant turn) opened."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise EngineError("the tokenizer has no chat template; send raw prompts to /v1/completions.")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"])
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """Generate for all prompts, ``batch_size`` at a time, shortest prompts batched together."""
+        if isinstance(prompts, str):
+            raise ConfigError("`prompts` must be a list of strings; got a single string. Wrap it in a list.")
+        if not prompts:
+            return []
+        enc = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
+        if any(len(x) == 0 for x in enc):
+            raise ConfigError("a prompt tokenized to zero tokens; send non-empty prompts.")
+        n_prefix = self._shared_prefix_len(enc)
+        order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
+        out: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix)
+            for i, g in zip(idx, gens):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _shared_prefix_len(self, enc: list[list[int]]) -> int:
+        """Tokens of the longest common prefix worth caching (0: none); every prompt keeps >= 1 own token."""
+        if not self.prefix_caching:
+            return 0
+        first = enc[0]
+        n = min(len(x) for x in enc) - 1
+        if len(enc) == 1:  # a lone prompt reuses the cached prefix if it starts with it
+            n = min(n, len(self._prefix_ids)) if tuple(first[:len(self._prefix_ids)]) == self._prefix_ids else 0
+        for x in enc[1:]:
+            k = 0
+            while k < n and x[k] == first[k]:
+                k += 1
+            n = k
+        return n if n >= self.min_prefix_tokens else 0
+
+    def _prefix_kv(self, prefix: list[int]) -> Any:
+        """KV cache of ``prefix`` (batch 1), computed once and reused while the prefix is unchanged."""
+        import torch
+
+        key = tuple(prefix)
+        if key != self._prefix_ids or self._prefix_cache is None:
+            from transformers import DynamicCache
+
+            try:
+                cache = DynamicCache(config=self.model.config)
+            except TypeError:  # transformers < 4.56 builds it without a config
+                cache = DynamicCache()
+            with torch.inference_mode():
+                self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
+                           **{cache_kwarg(self.model): cache})
+            self._prefix_ids, self._prefix_cache = key, cache
+        return self._prefix_cache
+
+    def _generate_batch(self, ids: list[list[int]], params: SamplingParams, n_prefix: int = 0) -> list[Generation]:
+        import copy
+
+        import torch
+
+        dev = self.device
+        width = max(len(x) for x in ids)
+        pad = int(self.tokenizer.pad_token_id)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):  # left padding of the part after the cached prefix
+            input_ids[r, width - len(x) + n_prefix:] = torch.tensor(x[n_prefix:], dtype=torch.long)
+            attn[r, width - len(x) + n_prefix:] = 1
+            if n_prefix:  # prefix | pads | suffix
+                input_ids[r, :n_prefix] = torch.tensor(x[:n_prefix], dtype=torch.long)
+                attn[r, :n_prefix] = 1
+        crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids)
+        extra: dict[str, Any] = {}
+        if n_prefix:
+            cache = copy.deepcopy(self._prefix_kv(ids[0][:n_prefix]))
+            cache.batch_repeat_interleave(len(ids))
+            extra[cache_kwarg(self.model)] = cache
+        kwargs: dict[str, Any] = dict(**extra,
+            input_ids=input_ids.to(dev), attention_mask=attn.to(dev), max_new_tokens=params.max_tokens,
+            stopping_criteria=[crit], pad_token_id=pad, return_dict_in_generate=True,
+            output_logits=params.logprobs is not None,
+        )
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p),
+                          top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            res = self.model.generate(**kwargs)
+        seqs = res.sequences[:, width:].cpu()
+        chosen = top_v = top_i = None
+        if params.logprobs is not None:
+            # One step at a time: stacking [B, steps, V] log-probs would cost GBs on long reasoning.
+            k = max(1, params.logprobs)
+            ch, tv, ti = [], [], []
+            for j, lg in enumerate(res.logits):
+                lp = lg.float().log_softmax(-1)  # [B, V]
+                ch.append(lp.gather(1, seqs[:, j:j + 1].to(lp.device)).squeeze(1).cpu())
+                v, i = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                tv.append(v.cpu())
+                ti.append(i.cpu())
+            chosen, top_v, top_i = torch.stack(ch, 1), torch.stack(tv, 1), torch.stack(ti, 1)  # [B, steps(, k)]
+        gens = []
+        for r in range(len(ids)):
+            row = seqs[r].tolist()
+            n = crit.stopped_at.get(r, len(row))
+            # EOS ends a row even when it was emitted at the very last step (criteria saw it then too).
+            for j, t in enumerate(row[:n]):
+                if t in self.eos_ids:
+                    n = j + 1
+                    break
+            toks = row[:n]
+            finish = "stop" if (r in crit.stopped_at or (toks and toks[-1] in self.eos_ids)) else "length"
+            text_ids = toks[:-1] if toks and toks[-1] in self.eos_ids else toks
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
+            hit = [(text.find(s), s) for s in params.stop if s in text]
+            if hit:
+                pos, s = min(hit)
+                text = text[: pos + len(s)] if params.include_stop_str_in_output else text[:pos]
+                finish = "stop"
+            g = Generation(text=text, prompt_tokens=len(ids[r]), completion_tokens=len(toks),
+                           finish_reason=finish, token_ids=toks)
+            if chosen is not None and top_v is not None and top_i is not None:
+                g.logprobs = chosen[r, : len(toks)].tolist()
+                if params.logprobs:
+                    g.top_logprobs = [
+                        {int(t): float(v) for t, v in zip(top_i[r, j].tolist(), top_v[r, j].tolist())
+                         if math.isfinite(v)}
+                        for j in range(len(toks))
+                    ]
+                else:
+                    g.top_logprobs = [{} for _ in toks]
+            gens.append(g)
+        return gens

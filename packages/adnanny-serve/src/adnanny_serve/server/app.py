@@ -1,0 +1,158 @@
+"""The OpenAI-compatible HTTP server (FastAPI) on any :class:`~adnanny_serve.engines.base.Engine`.
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /health``.
+Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: 400 malformed or out-of-limit
+requests, 401 missing/wrong API key, 404 unknown model, 413 body too large, 429 queue full (with
+``Retry-After``), 503 engine not running (with ``Retry-After``), 500 only for a real engine failure.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the handlers' ``Request`` annotations at
+runtime, and ``Request`` is imported inside :func:`create_app` to keep fastapi a lazy import.)
+"""
+
+
+
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from adnanny_serve.server.batcher import Batcher, Overloaded, Unavailable
+from adnanny_serve.server.protocol import (
+    ApiError,
+    Limits,
+    chat_response,
+    completion_response,
+    parse_chat,
+    parse_completion,
+)
+
+__all__ = ["create_app"]
+
+
+def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limits: Limits | None = None,
+               max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005) -> Any:
+    """A FastAPI app serving ``engine`` under the name ``model_name`` (what clients pass as ``model``)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    lim = limits or Limits()
+    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: Any):  # type: ignore[no-untyped-def]
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="adnanny-serve", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    def err(e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+        return err(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        return err(ApiError(400, f"malformed request: {e.errors()[:1]}"))
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, e: Exception) -> JSONResponse:
+        return err(ApiError(404, f"no route {request.method} {request.url.path}; see /v1/models, "
+                            "/v1/chat/completions, /v1/completions.", code="not_found"))
+
+    @app.exception_handler(405)
+    async def _bad_method(request: Request, e: Exception) -> JSONResponse:
+        return err(ApiError(405, f"method {request.method} is not allowed on {request.url.path}."))
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode()):
+            raise ApiError(401, "missing or wrong API key; send `Authorization: Bearer <key>`.",
+                           type_="authentication_error", code="invalid_api_key")
+
+    async def read_json(request: Request) -> Any:
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > lim.max_body_bytes:
+            raise ApiError(413, f"request body is {cl} bytes; at most {lim.max_body_bytes} allowed.")
+        raw = await request.body()
+        if len(raw) > lim.max_body_bytes:
+            raise ApiError(413, f"request body is {len(raw)} bytes; at most {lim.max_body_bytes} allowed.")
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}.") from None
+
+    def check_prompt_len(prompt: str) -> None:
+        n = engine.count_tokens(prompt) if hasattr(engine, "count_tokens") else len(prompt) // 4
+        if n > lim.max_prompt_tokens:
+            raise ApiError(400, f"the prompt has {n} tokens; this server accepts at most {lim.max_prompt_tokens}. "
+                           "Shorten it.", param="messages", code="context_length_exceeded")
+
+    async def run(prompt: str, params: Any) -> Any:
+        try:
+            return await batcher.submit(prompt, params)
+        except Overloaded as e:
+            raise ApiError(429, str(e), type_="rate_limit_error", code="overloaded",
+                           headers={"Retry-After": str(e.retry_after)}) from None
+        except Unavailable as e:
+            raise ApiError(503, str(e), type_="server_error", code="unavailable",
+                           headers={"Retry-After": "5"}) from None
+        except Exception as e:
+            raise ApiError(500, f"generation failed: {type(e).__name__}: {e}", type_="server_error") from None
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "queued": len(batcher._pending), "batches": batcher.batches, "served": batcher.served}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                             "owned_by": "adnanny"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        check_key(request)
+        messages, params, want_lp = parse_chat(await read_json(request), model_name, lim)
+        try:
+            prompt = engine.apply_chat_template(messages)
+        except Exception as e:
+            raise ApiError(400, f"`messages` cannot be rendered with the model's chat template: {e}",
+                           param="messages") from None
+        check_prompt_len(prompt)
+        g = await run(prompt, params)
+        toks = tops = None
+        if want_lp:
+            toks = engine.token_strings(g.token_ids)
+            tops = [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])]
+        return chat_response(g, model_name, toks, tops)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict[str, Any]:
+        check_key(request)
+        prompts, params = parse_completion(await read_json(request), model_name, lim)
+        for p in prompts:
+            check_prompt_len(p)
+        import asyncio
+
+        gens = await asyncio.gather(*(run(p, params) for p in prompts))
+        info = []
+        for g in gens:
+            if params.logprobs is None:
+                info.append(None)
+            else:
+                info.append((engine.token_strings(g.token_ids),
+                             [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])]))
+        return completion_response(list(gens), model_name, info)
+
+    return app

@@ -1,0 +1,133 @@
+"""The OpenAI-compatible server over real HTTP on 127.0.0.1, driven by the `openai` client."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import openai
+import pytest
+from adnanny_serve.server import Limits, ServerThread, create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@dataclass
+class Resp:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def _http(method: str, url: str, *, content: bytes | None = None, json_body=None, headers=None, timeout=120) -> Resp:
+    """Plain stdlib HTTP (no client library between the test and the server)."""
+    if json_body is not None:
+        content = json.dumps(json_body).encode()
+    req = urllib.request.Request(url, data=content, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Resp(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode())
+    except urllib.error.HTTPError as e:
+        return Resp(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode())
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine):
+    app = create_app(tiny_engine, model_name="tiny", api_key="sk-test", max_batch=4, max_queue=32,
+                     limits=Limits(max_prompt_tokens=256, max_tokens=64, max_body_bytes=20_000))
+    with ServerThread(app) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0, timeout=60)
+
+
+def test_models(client) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny"]
+
+
+def test_chat_matches_engine(client, tiny_engine) -> None:
+    from adnanny_serve.engines import SamplingParams
+
+    msgs = [{"role": "system", "content": "Label it."}, {"role": "user", "content": "Query: red wine"}]
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    want = tiny_engine.generate([tiny_engine.apply_chat_template(msgs)], SamplingParams(max_tokens=6, logprobs=2))[0]
+    assert r.choices[0].message.content == want.text
+    assert r.usage.prompt_tokens == want.prompt_tokens and r.usage.completion_tokens == want.completion_tokens
+    assert r.choices[0].finish_reason == "length"
+    lp = r.choices[0].logprobs.content
+    assert [c.logprob for c in lp] == pytest.approx(want.logprobs, abs=1e-5)
+    assert all(len(c.top_logprobs) == 2 for c in lp)
+
+
+def test_completions_batch_of_prompts(client, tiny_engine) -> None:
+    from adnanny_serve.engines import SamplingParams
+
+    prompts = ["buy red wine", "cheap hotel paris"]
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=5, temperature=0, stop=["\n"])
+    want = tiny_engine.generate(prompts, SamplingParams(max_tokens=5, stop=("\n",)))
+    assert [c.text for c in r.choices] == [g.text for g in want]
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.usage.completion_tokens == sum(g.completion_tokens for g in want)
+
+
+def test_errors_are_clear_4xx(client, server) -> None:
+    with pytest.raises(openai.NotFoundError, match="does not exist here; this server serves 'tiny'"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match=r"`messages\[0\].role` must be"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="`max_tokens` is 500 but this server allows at most 64"):
+        client.completions.create(model="tiny", prompt="hi", max_tokens=500)
+    with pytest.raises(openai.BadRequestError, match="`n` must be 1"):
+        client.completions.create(model="tiny", prompt="hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="at most 256"):
+        client.completions.create(model="tiny", prompt="word " * 400, max_tokens=2)
+    with pytest.raises(openai.AuthenticationError, match="API key"):
+        openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+    h = {"Authorization": "Bearer sk-test", "Content-Type": "application/json"}
+    r = _http("POST", f"{server.base_url}/completions", content=b"{not json", headers=h)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = _http("POST", f"{server.base_url}/completions", content=b"x" * 30_000, headers=h)
+    assert r.status_code == 413 and "at most 20000" in r.json()["error"]["message"]
+    r = _http("POST", f"{server.base_url}/completions", json_body={"model": "tiny", "prompt": "hi", "stream": True},
+              headers=h)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+    r = _http("GET", f"{server.base_url}/nothing", headers=h)
+    assert r.status_code == 404
+
+
+def test_overload_answers_429_with_retry_after(tiny_engine) -> None:
+    app = create_app(tiny_engine, model_name="tiny", max_batch=2, max_queue=2)
+    with ServerThread(app) as s:
+        body = {"model": "tiny", "prompt": "buy red wine", "max_tokens": 24, "temperature": 0}
+
+        def one(_: int) -> Resp:
+            return _http("POST", f"{s.base_url}/completions", json_body=body)
+
+        with cf.ThreadPoolExecutor(16) as ex:
+            rs = list(ex.map(one, range(16)))
+        codes = [r.status_code for r in rs]
+        assert set(codes) <= {200, 429}, codes
+        assert codes.count(429) >= 1 and codes.count(200) >= 2
+        refused = [r for r in rs if r.status_code == 429]
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert refused[0].json()["error"]["type"] == "rate_limit_error"
+        # the openai client surfaces it as RateLimitError
+        c = openai.OpenAI(base_url=s.base_url, api_key="x", max_retries=0, timeout=120)
+        with cf.ThreadPoolExecutor(16) as ex:
+            futs = [ex.submit(c.completions.create, **body) for _ in range(16)]
+            errs = [f.exception() for f in futs]
+        assert any(isinstance(e, openai.RateLimitError) for e in errs)
+        assert all(e is None or isinstance(e, openai.RateLimitError) for e in errs)
+        stats = _http("GET", f"{s.base_url.removesuffix('/v1')}/health").json()
+        assert stats["batches"] < stats["served"]  # concurrent requests were batched together
