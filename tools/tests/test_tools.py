@@ -72,6 +72,8 @@ def test_release_bumps_one_package_and_nothing_else(repo_copy):
 
 
 def test_release_refuses_empty_changelog_and_bad_bumps(repo_copy):
+    cl = repo_copy / "packages" / "adnanny-ckpt" / "CHANGELOG.md"
+    cl.write_text("# Changelog\n\n## [Unreleased]\n\n## [0.1.0] - 2026-01-01\n- first\n")
     with pytest.raises(release.ReleaseError, match="`Unreleased` section of CHANGELOG.md is empty"):
         release.release("adnanny-ckpt", "patch", root=repo_copy)
     with pytest.raises(release.ReleaseError, match="unknown package `adnanny-nope`"):
