@@ -14,7 +14,10 @@ sequential write with fdatasync, then a read after POSIX_FADV_DONTNEED on that f
 page cache the same way before every conversion, so conversion reads are cold where the kernel honours the
 advice (reported). The machine is shared: load averages are recorded; timings are noisy.
 
-    python benchmarks/ckpt_convert.py [--sizes 1,2,4] [--naive-sizes 1,2] [--tmp DIR]
+    python benchmarks/ckpt_convert.py [--sizes 1,2,4] [--naive-sizes 1,2] [--formats legacy,torch_dist] [--tmp DIR]
+
+``--formats legacy --naive-sizes ''`` reruns only the legacy forward and the reverse (which reads its output).
+The previous results file is kept under ``"previous"`` in the new one, for comparison.
 """
 
 from __future__ import annotations
@@ -154,6 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,2,4")
     ap.add_argument("--naive-sizes", default="1,2")
+    ap.add_argument("--formats", default="legacy,torch_dist",
+                    help="forward formats to run; `legacy` also runs the reverse direction (it reads that output)")
     ap.add_argument("--tmp", default=None, help="scratch dir (needs ~4x the largest size free)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -175,7 +180,7 @@ def main() -> None:
             in_bytes = dir_bytes(src)
             row = {"size_gb_nominal": gb, "input_bytes": in_bytes, "layers": layers, "pp": layers, "ep": 4,
                    "ranks": layers * 4}
-            for fmt in ("legacy", "torch_dist"):
+            for fmt in [f for f in ("legacy", "torch_dist") if f in args.formats.split(",")]:
                 evict(src)
                 r = run_job({"kind": "forward", "src": str(src), "out": str(tmp / "m"), "pp": layers, "ep": 4,
                              "format": fmt})
@@ -210,7 +215,12 @@ def main() -> None:
            "page_cache_note": "inputs evicted with POSIX_FADV_DONTNEED before each run; cold vs warm disk reads "
                               "are both reported — if they are close, the kernel/VM served reads from a host cache",
            "machine_note": "shared 2-core VM with other jobs running: timings are noisy",
-           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "args": {"sizes": args.sizes, "naive_sizes": args.naive_sizes, "formats": args.formats}}
+    if RESULTS.exists():
+        prev = json.loads(RESULTS.read_text())
+        prev.pop("previous", None)  # one level of history is enough to compare
+        res["previous"] = prev
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
     print(f"disk: write {disk['write_gbps']:.2f} GB/s (fdatasync), read cold {disk['read_cold_gbps']:.2f} GB/s, "

@@ -52,13 +52,13 @@ def test_hf_to_mcore_resumes(tiny_bf16_dir, tmp_path, monkeypatch):
 
 def test_mcore_to_hf_resumes(tiny_bf16_dir, tmp_path, monkeypatch):
     m = hf_to_mcore(tiny_bf16_dir, tmp_path / "m", ep=2, progress=False)
-    real = m2h.write_safetensors_file
+    real = m2h.SafetensorsStreamWriter.commit  # publishing a shard = the streamed file's commit
     crash, _ = _counting(real, fail_at=3)
-    monkeypatch.setattr(m2h, "write_safetensors_file", crash)
+    monkeypatch.setattr(m2h.SafetensorsStreamWriter, "commit", crash)
     with pytest.raises(Boom):
         mcore_to_hf(m, tmp_path / "h", max_shard_bytes=200 << 10, progress=False)
     count, calls = _counting(real)
-    monkeypatch.setattr(m2h, "write_safetensors_file", count)
+    monkeypatch.setattr(m2h.SafetensorsStreamWriter, "commit", count)
     h = mcore_to_hf(m, tmp_path / "h", max_shard_bytes=200 << 10, progress=False)
     n = len(json.loads((h / "adnanny_ckpt.json").read_text())["shards"])
     assert len(calls) == n - 2

@@ -116,3 +116,41 @@ def test_plan_shards_is_greedy_and_deterministic():
     assert plan_shards(sizes, 10) == [["a", "b"], ["c"], ["d"]]
     with pytest.raises(CheckpointFormatError, match="`max_shard_bytes` must be > 0"):
         plan_shards(sizes, 0)
+
+
+def test_stream_writer_matches_safetensors_and_checks_order(tmp_path):
+    from safetensors.torch import load_file
+
+    from adnanny_ckpt.safetensors_io import SafetensorsStreamWriter
+
+    g = torch.Generator().manual_seed(0)
+    ts = {
+        "w": torch.randn(33, 17, generator=g).to(torch.bfloat16),
+        "q": torch.randn(5, 7, generator=g).to(torch.float8_e4m3fn),
+        "s": torch.randn(3, generator=g),
+        "i": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "scalar": torch.tensor(1.5, dtype=torch.float16),
+        "empty": torch.empty(0, 4, dtype=torch.bfloat16),
+    }
+    path = tmp_path / "x.safetensors"
+    with SafetensorsStreamWriter(path, [(k, v.dtype, v.shape) for k, v in ts.items()]) as w:
+        for k, v in ts.items():
+            w.write(k, v)
+    back = load_file(str(path))
+    assert list(back) and set(back) == set(ts)
+    for k, v in ts.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
+    assert w.max_write_bytes == 33 * 17 * 2  # the largest tensor, never the file
+
+    bad = tmp_path / "bad.safetensors"
+    with pytest.raises(CheckpointFormatError, match="expected tensor `a` next, got `b`"):
+        with SafetensorsStreamWriter(bad, [("a", "bfloat16", (2,)), ("b", "bfloat16", (2,))]) as w:
+            w.write("b", torch.zeros(2, dtype=torch.bfloat16))
+    with pytest.raises(CheckpointFormatError, match=r"`a` .* is float32 \(2,\); the header declared bfloat16"):
+        with SafetensorsStreamWriter(bad, [("a", "bfloat16", (2,))]) as w:
+            w.write("a", torch.zeros(2))
+    with pytest.raises(CheckpointFormatError, match="tensor `b` and later ones were never written"):
+        with SafetensorsStreamWriter(bad, [("a", "bfloat16", (2,)), ("b", "bfloat16", (2,))]) as w:
+            w.write("a", torch.zeros(2, dtype=torch.bfloat16))
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))  # nothing published, temp removed

@@ -5,7 +5,9 @@ Steps, streamed tensor by tensor so memory stays at about one rank's largest ten
 1. check ``config.json`` against the tensors (names, shapes; every tensor accounted for, ``_scale_inv`` present);
 2. per megatron parameter, read its HF sources, dequantize FP8 to BF16 *each on its own* (gate and up before they
    are fused), group by layer, rename and fuse (:mod:`adnanny_ckpt.names`, :mod:`adnanny_ckpt.shards`);
-3. cut by the layout: PP stage by layer, EP rank by expert range, TP column/row/glu splits;
+3. cut by the layout: PP stage by layer, EP rank by expert range, TP column/row/glu splits (legacy files are
+   written EP-innermost and the replicated, non-expert tensors of a (PP, TP) position are read and dequantized
+   once for all its EP ranks, not once per rank);
 4. write either megatron-core's ``torch_dist`` format (one ``__<rank>_0.distcp`` per rank + ``.metadata`` +
    ``common.pt`` + ``metadata.json``; loadable and reshardable by ``dist_checkpointing.load``) or the legacy
    ``mp_rank_TT_PPP_EEE/model_optim_rng.pt`` per-rank files.
@@ -165,6 +167,21 @@ def _fingerprint(reader: HFCheckpointReader, opts: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+class _HashingWriter:
+    """File-like sink for ``torch.save`` that hashes what it writes (saves reading each rank file back)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        return int(self.fh.write(data))
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 class _Source:
     """Fused megatron tensors from the HF reader, with a one-entry cache (gate/up pieces, TP ranks)."""
 
@@ -281,7 +298,12 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
     ckpt_dir = stage / iteration_dir_name(opts.iteration)
     ckpt_dir.mkdir(exist_ok=True)
 
-    ranks = [(p, e, t) for p in range(layout.pp) for e in range(layout.ep) for t in range(layout.tp)]
+    if opts.ckpt_format == "legacy":  # EP innermost: consecutive ranks share the replicated (dense) tensors
+        ranks = [(p, e, t) for p in range(layout.pp) for t in range(layout.tp) for e in range(layout.ep)]
+    else:
+        ranks = [(p, e, t) for p in range(layout.pp) for e in range(layout.ep) for t in range(layout.tp)]
+    replicated: dict[str, torch.Tensor] = {}  # legacy: the previous rank's non-expert tensors, reused across EP
+    replicated_sig: tuple[Any, ...] | None = None
     owner_only = opts.ckpt_format == "torch_dist"
     t0 = time.time()
     bar = tqdm(ranks, desc="hf-to-mcore", unit="rank", disable=not opts.progress)
@@ -317,22 +339,38 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
                 for c, s in zip(chunks, _align(chunks, storage))
             ]
         else:
+            # Non-expert (replicated) tensors are identical on every EP rank of a (PP, TP) position: read and
+            # dequantize them once and hand the same tensors to each EP rank's file, instead of once per EP rank.
+            # They are already part of one rank's state dict, so reusing them adds no memory.
+            sig = (pp_rank, tp_rank, tuple((c.local_name, c.part, c.rows, c.cols) for c in chunks
+                                           if c.param.expert is None))
+            if sig != replicated_sig:
+                replicated, replicated_sig = {}, None
             sd: dict[str, torch.Tensor] = {}
             for c in chunks:
+                if c.param.expert is None and c.local_name in replicated:
+                    sd[c.local_name] = replicated[c.local_name]
+                    continue
                 piece = src.piece(c).clone()
                 # glu under TP: the rank's linear_fc1 is [gate_r; up_r] (part 0, then part 1)
                 sd[c.local_name] = piece if c.part == 0 else torch.cat([sd[c.local_name], piece])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({"model": sd, "checkpoint_version": 3.0, "iteration": opts.iteration or 0,
-                        "adnanny_ckpt": {"pp": pp_rank, "ep": ep_rank, "tp": tp_rank}}, tmp)
-            with open(tmp, "rb+") as fh:
+            with open(tmp, "wb") as fh:
+                hw = _HashingWriter(fh)  # the manifest's SHA-256 as the bytes go out: no re-read of the file
+                torch.save({"model": sd, "checkpoint_version": 3.0, "iteration": opts.iteration or 0,
+                            "adnanny_ckpt": {"pp": pp_rank, "ep": ep_rank, "tp": tp_rank}}, hw)
+                fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            record["sha256"] = hw.sha256.hexdigest()
             record["tensors"] = {k: list(v.shape) for k, v in sd.items()}
+            replicated = {c.local_name: sd[c.local_name] for c in chunks if c.param.expert is None}
+            replicated_sig = sig
             del sd
         record["bytes"] = path.stat().st_size
-        record["sha256"] = file_sha256(path)
+        if "sha256" not in record:
+            record["sha256"] = file_sha256(path)
         manifest["ranks"][str(rid)] = record
         atomic_write_json(manifest_path, manifest)
         bar.set_postfix(read_gb=f"{src.bytes_read / 1e9:.2f}")
@@ -354,6 +392,7 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
     manifest["complete"] = True
     manifest["seconds"] = round(time.time() - t0, 3)
     manifest["source_bytes_read"] = src.bytes_read
+    replicated.clear()
     atomic_write_json(manifest_path, manifest)
     fsync_dir(ckpt_dir)
     if out.exists():

@@ -2,10 +2,13 @@
 
 Shards are merged by layer and expert index (a torch_dist checkpoint is read through its chunk table, so any
 chunking works, including one megatron re-saved under another layout; legacy per-rank files are memory-mapped
-one rank at a time), unfused (``linear_fc1`` -> gate, up; ``linear_qkv`` -> q, k, v; vocab padding dropped) and
-written as HF shards of at most ``max_shard_bytes`` with a correct index, in BF16 or re-quantized to FP8 with
-128×128 block scales (DeepSeek's BF16 list stays BF16: :func:`adnanny_ckpt.fp8.keeps_bf16`). The MTP layer's
-``embed_tokens`` / ``shared_head.head`` are written back as copies of the main ones, as in DeepSeek's release.
+one rank at a time and re-mapped every ``McoreCheckpoint.remap_bytes`` copied, so mapped pages never pile up
+in the resident set), unfused (``linear_fc1`` -> gate, up; ``linear_qkv`` -> q, k, v; vocab padding dropped)
+and streamed into HF shards of at most ``max_shard_bytes`` with a correct index — the safetensors header first
+(shapes and dtypes are planned from metadata), then each tensor appended as it is produced, so memory is
+bounded by one parameter, not by the shard — in BF16 or re-quantized to FP8 with 128×128 block scales
+(DeepSeek's BF16 list stays BF16: :func:`adnanny_ckpt.fp8.keeps_bf16`). The MTP layer's ``embed_tokens`` /
+``shared_head.head`` are written back as copies of the main ones, as in DeepSeek's release.
 
 Resumable: shards are planned up front (deterministic), written to ``OUT.partial/`` and recorded in a manifest
 with their SHA-256; a rerun skips finished shards. ``OUT.partial`` becomes ``OUT`` at the end.
@@ -17,7 +20,6 @@ import json
 import os
 import shutil
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +33,8 @@ from adnanny_ckpt.safetensors_io import (
     fsync_dir,
     plan_shards,
     shard_file_name,
+    SafetensorsStreamWriter,
     write_index,
-    write_safetensors_file,
 )
 from adnanny_ckpt.shards import mcore_shape, rank_chunks, rank_name, unfuse
 
@@ -44,6 +46,9 @@ __all__ = ["mcore_to_hf", "McoreCheckpoint"]
 
 class McoreCheckpoint:
     """Read full megatron parameters from an adnanny-ckpt megatron checkpoint (torch_dist or legacy)."""
+
+    #: legacy rank files: close the memory map after this many bytes were copied out of it (bounds RSS)
+    remap_bytes: int = 256 << 20
 
     def __init__(self, mcore_dir: str | os.PathLike[str]) -> None:
         self.path = Path(mcore_dir)
@@ -58,7 +63,9 @@ class McoreCheckpoint:
         self.params = mcore_params(self.spec, te_names=self.te_names, mtp=bool(m["mtp_copied"]))
         self.ckpt_dir = self.path / iteration_dir_name(self.opts.get("iteration"))
         self.format = self.opts["ckpt_format"]
-        self._legacy: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._legacy_sd: dict[str, Any] | None = None
+        self._legacy_rel: str | None = None
+        self._legacy_copied = 0
         self._dist = None
         if self.format == "torch_dist":
             from adnanny_ckpt.torch_dist import TorchDistReader
@@ -80,22 +87,26 @@ class McoreCheckpoint:
         return self._legacy_full(p)
 
     def _legacy_file(self, rel: str) -> dict[str, Any]:
+        """The state dict of one rank file, memory-mapped; the map is dropped once ``remap_bytes`` were copied.
+
+        Why: every page read through a map stays in the resident set until the map is closed, so keeping a rank
+        file mapped while its parameters are copied out grows RSS to the whole rank file (several GB per rank
+        for DeepSeek-R1). Re-opening only re-reads the small pickle, so the map is closed after each
+        ``remap_bytes`` of tensor data copied out of it (and when another rank file is needed).
+        """
         import torch
 
-        sd = self._legacy.get(rel)
-        if sd is None:
-            path = self.ckpt_dir / rel
-            if not path.exists():
-                raise CheckpointFormatError(f"rank file `{path}` is missing; the checkpoint is incomplete.")
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
-            except Exception as exc:
-                raise CheckpointFormatError(f"cannot read rank file `{path}` (truncated or corrupt?): {exc}") from exc
-            self._legacy[rel] = sd
-            while len(self._legacy) > 1:  # mapped pages count as resident: keep one rank file mapped
-                self._legacy.popitem(last=False)
-        else:
-            self._legacy.move_to_end(rel)
+        if self._legacy_rel == rel and self._legacy_sd is not None and self._legacy_copied < self.remap_bytes:
+            return self._legacy_sd
+        self._legacy_sd, self._legacy_rel, self._legacy_copied = None, None, 0  # unmap before mapping again
+        path = self.ckpt_dir / rel
+        if not path.exists():
+            raise CheckpointFormatError(f"rank file `{path}` is missing; the checkpoint is incomplete.")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+        except Exception as exc:
+            raise CheckpointFormatError(f"cannot read rank file `{path}` (truncated or corrupt?): {exc}") from exc
+        self._legacy_sd, self._legacy_rel = sd, rel
         return sd
 
     def _legacy_full(self, p: ParamSpec) -> "torch.Tensor":
@@ -115,6 +126,7 @@ class McoreCheckpoint:
             if name not in sd:
                 raise CheckpointFormatError(f"`{name}` missing from rank file {rank_name(lay, stage, ep, t)}.")
             local = sd[name]
+            self._legacy_copied += local.numel() * local.element_size()
             if first:
                 out = torch.empty(shape, dtype=local.dtype)
                 first = False
@@ -130,7 +142,7 @@ class McoreCheckpoint:
         return out
 
     def close(self) -> None:
-        self._legacy.clear()
+        self._legacy_sd, self._legacy_rel = None, None
         if self._dist is not None:
             self._dist.close()
 
@@ -184,18 +196,27 @@ def mcore_to_hf(
         shared = dict((c, m) for c, m in ck.manifest.get("shared_hf_tensors", []))
         by_hf = {n: (p, i) for n, p, i in order if p is not None}
 
-        def out_bytes(name: str, p: ParamSpec | None) -> int:
+        def out_entries(name: str, p: ParamSpec | None) -> list[tuple[str, str, tuple[int, ...]]]:
+            """(name, dtype, shape) of what ``name`` becomes in the output — known before any data is read."""
             src = by_hf[shared[name]][0] if p is None else p
-            shape = _hf_shape(spec, src, name if p is not None else shared[name])
-            n = 1
-            for d in shape:
-                n *= d
+            shape = tuple(_hf_shape(spec, src, name if p is not None else shared[name]))
             if fp8 and len(shape) == 2 and not keeps_bf16(name):
-                return n + 4 * (-(-shape[0] // 128)) * (-(-shape[1] // 128))
-            dt = ck.manifest.get("param_dtypes", {}).get(src.name, "bfloat16")
-            return n * (4 if dt == "float32" else 2)
+                grid = (-(-shape[0] // 128), -(-shape[1] // 128))
+                return [(name, "float8_e4m3fn", shape), (scale_inv_name(name), "float32", grid)]
+            return [(name, ck.manifest.get("param_dtypes", {}).get(src.name, "bfloat16"), shape)]
 
-        shards = plan_shards([(n, out_bytes(n, p)) for n, p, _ in order], max_shard_bytes)
+        entries = {n: out_entries(n, p) for n, p, _ in order}
+
+        def out_bytes(name: str) -> int:
+            total = 0
+            for _, dt, shape in entries[name]:
+                k = 1
+                for d in shape:
+                    k *= d
+                total += k * getattr(torch, dt).itemsize
+            return total
+
+        shards = plan_shards([(n, out_bytes(n)) for n, _, _ in order], max_shard_bytes)
         settings = {"fp8": fp8, "max_shard_bytes": max_shard_bytes, "source_manifest": ck.manifest["fingerprint"]}
         stage = out.with_name(out.name + ".partial")
         mpath = stage / MANIFEST_NAME
@@ -215,6 +236,7 @@ def mcore_to_hf(
             atomic_write_json(mpath, manifest)
 
         cache: dict[str, list[torch.Tensor]] = {}
+        max_write = 0  # largest single tensor write: the writer's whole buffer (recorded in the manifest)
         total = len(shards)
         weight_map: dict[str, str] = {}
         total_size = 0
@@ -228,24 +250,29 @@ def mcore_to_hf(
                     weight_map[k] = fname
                 total_size += done["data_bytes"]
                 continue
-            tensors: dict[str, torch.Tensor] = {}
-            for name in names:
-                p, i = by_hf[shared[name]] if name in shared else by_hf[name]
-                if p.name not in cache:
-                    cache.clear()
-                    cache[p.name] = unfuse(spec, p, ck.full(p))
-                t = cache[p.name][i].contiguous()
-                if fp8 and t.dim() == 2 and not keeps_bf16(name):
-                    q, s = quantize_blocks(t, name=name)
-                    tensors[name], tensors[scale_inv_name(name)] = q, s
-                else:
-                    tensors[name] = t
-            data_bytes = sum(v.numel() * v.element_size() for v in tensors.values())
-            for k in tensors:
+            # Stream: header from the planned shapes/dtypes, then each tensor appended as soon as it exists, so
+            # memory holds one (unfused) parameter, never the shard.
+            shard_entries = [e for name in names for e in entries[name]]
+            with SafetensorsStreamWriter(path, shard_entries) as w:
+                for name in names:
+                    p, i = by_hf[shared[name]] if name in shared else by_hf[name]
+                    if p.name not in cache:
+                        cache.clear()
+                        cache[p.name] = unfuse(spec, p, ck.full(p))
+                    t = cache[p.name][i].contiguous()
+                    if fp8 and t.dim() == 2 and not keeps_bf16(name):
+                        q, sc = quantize_blocks(t, name=name)
+                        w.write(name, q)
+                        w.write(scale_inv_name(name), sc)
+                        del q, sc
+                    else:
+                        w.write(name, t)
+                    del t
+            data_bytes = w.data_bytes
+            for k, _, _ in shard_entries:
                 weight_map[k] = fname
             total_size += data_bytes
-            write_safetensors_file(path, tensors)
-            del tensors
+            max_write = max(max_write, w.max_write_bytes)
             manifest["shards"][fname] = {"sha256": file_sha256(path), "bytes": path.stat().st_size,
                                          "data_bytes": data_bytes,
                                          "tensors": sorted(k for k, v in weight_map.items() if v == fname)}
@@ -261,6 +288,7 @@ def mcore_to_hf(
         cfg["torch_dtype"] = "bfloat16"
         atomic_write_json(stage / "config.json", cfg)
         manifest["complete"] = True
+        manifest["max_write_bytes"] = max_write
         manifest["seconds"] = round(time.time() - t0, 3)
         atomic_write_json(mpath, manifest)
         if out.exists():

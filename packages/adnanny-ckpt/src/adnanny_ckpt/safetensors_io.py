@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HFCheckpointReader",
+    "SafetensorsStreamWriter",
     "ShardedSafetensorsWriter",
     "TensorInfo",
     "atomic_write_bytes",
@@ -105,6 +106,122 @@ def write_safetensors_file(
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+_ST_CODES = {name: code for code, (name, _) in _ST_DTYPES.items()}
+
+
+def _dtype_name(dtype: "torch.dtype | str") -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class SafetensorsStreamWriter:
+    """Write one safetensors file tensor by tensor, so memory is bounded by one tensor, not by the shard.
+
+    Why: the reverse conversion used to build a whole output shard (up to ``max_shard_bytes``, 5 GB by default)
+    in memory before ``save_file``. The safetensors header only needs names, dtypes and shapes, which are known
+    before any data is produced, so the header is written first and each tensor's bytes are appended as soon as
+    the tensor exists. Tensors must arrive in the declared order, with the declared dtype and shape (checked:
+    anything else would make the header lie). The file lives under a temp name until :meth:`commit` (fsync,
+    ``os.replace``, directory fsync); :meth:`abort` removes it. ``max_write_bytes`` records the largest single
+    write — the most tensor data this writer ever had to hold at once (tests pin it).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        entries: Iterable[tuple[str, "torch.dtype | str", Iterable[int]]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._entries: list[tuple[str, str, tuple[int, ...], int]] = []
+        header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        for name, dtype, shape in entries:
+            dname = _dtype_name(dtype)
+            if dname not in _ST_CODES:
+                raise CheckpointFormatError(f"tensor `{name}`: dtype `{dname}` cannot be stored in safetensors.")
+            if name in header:
+                raise CheckpointFormatError(f"tensor `{name}` is declared twice for `{self.path}`.")
+            shape = tuple(int(d) for d in shape)
+            n = 1
+            for d in shape:
+                n *= d
+            nbytes = n * _ST_DTYPES[_ST_CODES[dname]][1]
+            header[name] = {"dtype": _ST_CODES[dname], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._entries.append((name, dname, shape, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors itself pads
+        self.header_bytes = 8 + len(raw)
+        self.data_bytes = offset
+        self._next = 0
+        self.max_write_bytes = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._fh.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, tensor: "torch.Tensor") -> None:
+        """Append ``tensor``'s bytes; it must be the next declared tensor, with the declared dtype and shape."""
+        if self._fh is None:
+            raise CheckpointFormatError(f"`write` called on a finished safetensors stream `{self.path}`.")
+        if self._next >= len(self._entries):
+            raise CheckpointFormatError(f"tensor `{name}` was not declared for `{self.path}` (all declared ones written).")
+        ename, dname, shape, nbytes = self._entries[self._next]
+        if name != ename:
+            raise CheckpointFormatError(f"`{self.path}`: expected tensor `{ename}` next, got `{name}`.")
+        if _dtype_name(tensor.dtype) != dname or tuple(tensor.shape) != shape:
+            raise CheckpointFormatError(
+                f"tensor `{name}` for `{self.path}` is {_dtype_name(tensor.dtype)} {tuple(tensor.shape)}; the header "
+                f"declared {dname} {shape}."
+            )
+        if nbytes:
+            flat = tensor.contiguous().reshape(-1).view(_torch_uint8())
+            self._fh.write(memoryview(flat.numpy()))
+            self.max_write_bytes = max(self.max_write_bytes, nbytes)
+        self._next += 1
+
+    def commit(self) -> None:
+        """Check every declared tensor was written, then fsync and publish under the final name."""
+        if self._fh is None:
+            raise CheckpointFormatError(f"safetensors stream `{self.path}` was already finished.")
+        if self._next != len(self._entries):
+            missing = self._entries[self._next][0]
+            self.abort()
+            raise CheckpointFormatError(f"`{self.path}`: tensor `{missing}` and later ones were never written.")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop the temp file (nothing is published)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> "SafetensorsStreamWriter":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None and self._fh is not None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()  # never leave the handle or a half-published temp file behind
+                raise
+        elif exc_type is not None:
+            self.abort()
+
+
+def _torch_uint8() -> "torch.dtype":
+    import torch
+
+    return torch.uint8
 
 
 # ------------------------------------------------------------------------------------------------- reading
