@@ -14,7 +14,7 @@ def test_public_api_is_pinned():
     assert adnanny_ckpt.__all__ == [
         "__version__", "AdNannyCkptError", "CheckpointFormatError", "ConfigMismatchError", "LayoutError",
         "UnsafeInputError", "VerifyError", "LayoutPlan", "ParallelLayout", "plan_layout", "hf_to_mcore",
-        "mcore_to_hf", "verify",
+        "mcore_to_hf", "verify", "UnknownModelError", "resolve_model",
     ]
     for name in adnanny_ckpt.__all__:
         assert hasattr(adnanny_ckpt, name)
@@ -22,7 +22,7 @@ def test_public_api_is_pinned():
 
 
 def test_import_is_light():
-    code = "import adnanny_ckpt, adnanny_ckpt.layout, adnanny_ckpt.names, sys; " \
+    code = "import adnanny_ckpt, adnanny_ckpt.layout, adnanny_ckpt.names, adnanny_ckpt.models, sys; " \
            "assert not {'torch', 'safetensors', 'transformers', 'megatron'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -4,6 +4,7 @@ Import stays light (no torch): the verbs below import their machinery when calle
 
 >>> from adnanny_ckpt import hf_to_mcore, mcore_to_hf, plan_layout, verify   # doctest: +SKIP
 >>> hf_to_mcore("DeepSeek-R1/", "r1-mcore/", pp=31, ep=8, dp=8)              # doctest: +SKIP
+>>> from adnanny_ckpt import resolve_model; resolve_model("smollm2")         # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from adnanny_ckpt.errors import (
     VerifyError,
 )
 from adnanny_ckpt.layout import LayoutPlan, ParallelLayout, plan_layout
+from adnanny_ckpt.models import UnknownModelError, resolve_model
 
 __all__ = [
     "__version__",
@@ -37,6 +39,8 @@ __all__ = [
     "hf_to_mcore",
     "mcore_to_hf",
     "verify",
+    "UnknownModelError",
+    "resolve_model",
 ]
 
 
