@@ -3,9 +3,9 @@
 The transformers and vLLM engines are imported lazily from their modules (they pull torch / vllm).
 """
 
-from adnanny_serve.engines.base import Engine, Generation, SamplingParams
+from adnanny_serve.engines.base import Engine, Generation, LogLikelihood, SamplingParams, encode_pair
 
-__all__ = ["Engine", "Generation", "SamplingParams", "load_engine"]
+__all__ = ["Engine", "Generation", "LogLikelihood", "SamplingParams", "encode_pair", "load_engine"]
 
 
 def load_engine(model: str, *, engine: str = "transformers", device: str = "cpu", dtype: str | None = None,

@@ -5,17 +5,23 @@ Every engine takes fully rendered prompt strings (chat templates already applied
 rollouts, cook's teacher and eval's bench call it through the server; labeling uses it directly. The
 field names follow vLLM's ``SamplingParams`` (``max_tokens``, ``stop``, ``include_stop_str_in_output``,
 ``logprobs``) so the vLLM adapter is a field-for-field translation.
+
+Log-likelihood scoring (:meth:`Engine.loglikelihood`): the log-probability of a continuation given a
+context, what multiple-choice benchmarks (adnanny-eval's ``bench``) rank choices by. Context and
+continuation are tokenized as lm-evaluation-harness does (:func:`encode_pair`), so a score here can be set
+beside one from that harness on the same model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from adnanny_serve.errors import ConfigError
 
-__all__ = ["Engine", "Generation", "SamplingParams"]
+__all__ = ["Engine", "Generation", "LogLikelihood", "SamplingParams", "encode_pair"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,47 @@ class Generation:
     top_logprobs: list[dict[int, float]] | None = None
 
 
+@dataclass(frozen=True)
+class LogLikelihood:
+    """Score of one (context, continuation) request.
+
+    ``logprob``: sum over the continuation's tokens of log P(token | context, earlier tokens).
+    ``is_greedy``: every continuation token was the most likely next token (greedy decoding would
+    produce the continuation). ``n_tokens``: how many continuation tokens were scored.
+    """
+
+    logprob: float
+    is_greedy: bool
+    n_tokens: int
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
+                empty_context_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` after it, split the way lm-evaluation-harness does.
+
+    Trailing whitespace of the context moves to the continuation (``"Answer: "`` + ``"x"`` scores
+    ``" x"``), the pair is tokenized whole, and the continuation is what follows the context's own
+    tokenization: a BPE merge across the boundary therefore stays in the continuation, which is what
+    makes scores comparable with that harness. An empty context is replaced by ``empty_context_ids``
+    (the BOS or EOS token), so the first continuation token has something to be predicted from.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = list(encode(context + continuation))
+    ctx = list(encode(context)) if context else []
+    cont = whole[len(ctx):]
+    if not cont:
+        raise ConfigError(f"the continuation {continuation!r} tokenized to zero tokens after context "
+                          f"{context[-40:]!r}; every choice needs at least one token.")
+    if not ctx:
+        if not empty_context_ids:
+            raise ConfigError("the context is empty and the tokenizer has no BOS/EOS token to start from.")
+        ctx = list(empty_context_ids)
+    return ctx, cont
+
+
 @runtime_checkable
 class Engine(Protocol):
     """Anything that turns rendered prompts into generations (transformers, vLLM)."""
@@ -88,4 +135,8 @@ class Engine(Protocol):
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         """Decoded text of each token (for locating a label value among the generated tokens)."""
+        ...
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[LogLikelihood]:
+        """Score each ``(context, continuation)`` pair (see :func:`encode_pair`), in the requests' order."""
         ...

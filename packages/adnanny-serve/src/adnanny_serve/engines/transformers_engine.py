@@ -12,6 +12,14 @@ once (kept across calls while the prefix stays the same, as vLLM's automatic pre
 prefills only each prompt's own suffix. Rows are laid out as ``prefix | pads | suffix``; position ids come
 from the attention mask's cumulative sum, so every real token keeps the position it has without the cache,
 and greedy outputs equal the uncached ones (tested).
+
+Log-likelihood scoring (:meth:`TransformersEngine.loglikelihood`, the benchmarks' multiple choice). The
+requests are grouped by context (the choices of one item share it) and many items go into one batch of
+``batch_size`` scored continuations. Each batch takes two forward passes: the distinct contexts, left-padded,
+with only the last position's logits kept (it predicts every choice's first token), and then all choices
+at once, each row reading its item's context KV (the cache rows repeated per choice) and right-padded, so
+a context is computed once per item instead of once per choice. Only continuation positions go through the
+LM head. The sums equal a direct per-token forward of context + continuation (tested).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adnanny_serve._compat import cache_kwarg
-from adnanny_serve.engines.base import Generation, SamplingParams
+from adnanny_serve.engines.base import Generation, LogLikelihood, SamplingParams, encode_pair
 from adnanny_serve.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
@@ -300,3 +308,107 @@ class TransformersEngine:
                     g.top_logprobs = [{} for _ in toks]
             gens.append(g)
         return gens
+
+    # ------------------------------------------------------------------ log-likelihood
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"]
+
+    def loglikelihood(self, requests: list[tuple[str, str]], *, batch_size: int | None = None
+                      ) -> list[LogLikelihood]:
+        """Score each ``(context, continuation)``; ``batch_size`` (default the engine's) continuations per pass.
+
+        Contexts longer than the model's ``max_position_embeddings`` (minus the continuation) lose their
+        left end, as in lm-evaluation-harness.
+        """
+        if isinstance(requests, tuple) and len(requests) == 2 and all(isinstance(x, str) for x in requests):
+            raise ConfigError("`requests` must be a list of (context, continuation) pairs; got one pair. Wrap it in a list.")
+        bs = self.batch_size if batch_size is None else batch_size
+        if not isinstance(bs, int) or bs < 1:
+            raise ConfigError(f"`batch_size` must be an integer >= 1; got {bs!r}.")
+        if not requests:
+            return []
+        start_ids = [t for t in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id) if t is not None][:1]
+        max_len = getattr(self.model.config, "max_position_embeddings", None)
+        groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, req in enumerate(requests):
+            if not (isinstance(req, (tuple, list)) and len(req) == 2 and all(isinstance(x, str) for x in req)):
+                raise ConfigError(f"request {i} must be a (context, continuation) pair of strings; got {req!r}.")
+            ctx, cont = encode_pair(self._encode, req[0], req[1], start_ids)
+            if max_len and len(ctx) + len(cont) > max_len:
+                if len(cont) >= max_len:
+                    raise ConfigError(f"request {i}: the continuation alone has {len(cont)} tokens, more than "
+                                      f"the model's {max_len} positions.")
+                ctx = ctx[len(ctx) + len(cont) - max_len:]
+            groups.setdefault(tuple(ctx), []).append((i, cont))
+        # Longest first (as the harness does): the first batch shows at once whether memory suffices.
+        order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(c) for _, c in kv[1])))
+        out: list[LogLikelihood | None] = [None] * len(requests)
+        batch: list[tuple[tuple[int, ...], list[tuple[int, list[int]]]]] = []
+        rows = 0
+        for ctx, conts in order:
+            for k in range(0, len(conts), bs):  # an item with more choices than a batch is split
+                part = conts[k:k + bs]
+                if batch and rows + len(part) > bs:
+                    self._score_batch(batch, out)
+                    batch, rows = [], 0
+                batch.append((ctx, part))
+                rows += len(part)
+        if batch:
+            self._score_batch(batch, out)
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, batch: list[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
+                     out: list[LogLikelihood | None]) -> None:
+        """Two passes: contexts (last logits + KV), then every continuation on its context's KV."""
+        import torch
+
+        dev = self.device
+        pad = int(self.tokenizer.pad_token_id)
+        ckw = cache_kwarg(self.model)
+        n_ctx = [len(c) for c, _ in batch]
+        width = max(n_ctx)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for g, (ctx, _) in enumerate(batch):
+            ids[g, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
+            mask[g, width - len(ctx):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # transformers < 4.56 builds it without a config
+            cache = DynamicCache()
+        with torch.inference_mode():
+            res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                             use_cache=True, logits_to_keep=1, **{ckw: cache})
+            first = res.logits[:, -1].float().log_softmax(-1).cpu()  # [G, V]: predicts each first token
+            row_group = [g for g, (_, part) in enumerate(batch) for _ in part]
+            conts = [c for _, part in batch for _, c in part]
+            req_idx = [i for _, part in batch for i, _ in part]
+            rest = max(len(c) for c in conts) - 1
+            later: torch.Tensor | None = None
+            if rest > 0:
+                sel = torch.tensor(row_group, dtype=torch.long, device=dev)
+                cache.reorder_cache(sel)  # one copy of the item's context KV per choice row
+                r_ids = torch.full((len(conts), rest), pad, dtype=torch.long)
+                r_mask = torch.zeros((len(conts), rest), dtype=torch.long)
+                for r, c in enumerate(conts):
+                    if len(c) > 1:
+                        r_ids[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+                        r_mask[r, : len(c) - 1] = 1
+                full_mask = torch.cat([mask[row_group], r_mask], dim=1)
+                r_pos = torch.tensor([n_ctx[g] for g in row_group]).unsqueeze(1) + torch.arange(rest).unsqueeze(0)
+                res2 = self.model(input_ids=r_ids.to(dev), attention_mask=full_mask.to(dev),
+                                  position_ids=r_pos.to(dev), use_cache=True, **{ckw: cache})
+                later = res2.logits.float().log_softmax(-1).cpu()  # [R, rest, V]
+            for r, c in enumerate(conts):
+                lp0 = first[row_group[r]]
+                total = float(lp0[c[0]])
+                greedy = int(lp0.argmax()) == c[0]
+                if len(c) > 1 and later is not None:
+                    lp = later[r, : len(c) - 1]
+                    tgt = torch.tensor(c[1:], dtype=torch.long)
+                    total += float(lp.gather(1, tgt.unsqueeze(1)).sum())
+                    greedy = greedy and bool((lp.argmax(-1) == tgt).all())
+                out[req_idx[r]] = LogLikelihood(logprob=total, is_greedy=greedy, n_tokens=len(c))

@@ -2,19 +2,27 @@
 
 UNTESTED HERE: vLLM cannot be installed on the machines this project is built and tested on (CPU, and
 GPU boxes without it). Only the request/response translation (:func:`to_vllm_sampling_kwargs`,
-:func:`from_vllm_output`) is unit-tested, against plain objects shaped like vLLM's ``RequestOutput``.
+:func:`from_vllm_output`, and for log-likelihood scoring :func:`to_vllm_prompt_request` /
+:func:`from_vllm_prompt_logprobs`) is unit-tested, against plain objects shaped like vLLM's ``RequestOutput``.
 Install with the ``adnanny-serve[vllm]`` extra. FP8 checkpoints written by ``adnanny-serve quantize``
 carry DeepSeek's ``quantization_config`` and load in vLLM as DeepSeek's own release does.
+
+Log-likelihood scoring maps to vLLM's *prompt* log-probabilities: the context + continuation token ids go
+in as one prompt with ``prompt_logprobs=1`` and ``max_tokens=1``; vLLM then returns, at every prompt
+position, the log-probability of the actual token (and its rank), which summed over the continuation
+positions is the score; the continuation is greedy when every one of its tokens has rank 1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from adnanny_serve.engines.base import Generation, SamplingParams
+from adnanny_serve.engines.base import Generation, LogLikelihood, SamplingParams, encode_pair
 from adnanny_serve.errors import EngineError
 
-__all__ = ["VLLMEngine", "from_vllm_output", "to_vllm_sampling_kwargs"]
+__all__ = ["VLLMEngine", "from_vllm_output", "from_vllm_prompt_logprobs", "to_vllm_prompt_request",
+           "to_vllm_sampling_kwargs"]
 
 
 def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
@@ -63,6 +71,46 @@ def from_vllm_output(output: Any, params: SamplingParams) -> Generation:
     return g
 
 
+def to_vllm_prompt_request(encode: Callable[[str], list[int]], context: str, continuation: str,
+                           empty_context_ids: list[int] | None = None
+                           ) -> tuple[list[int], list[int], dict[str, Any]]:
+    """(context ids, continuation ids, the vLLM ``TokensPrompt`` dict) of one scoring request.
+
+    The split is :func:`~adnanny_serve.engines.base.encode_pair`'s, so both engines score the same tokens.
+    """
+    ctx, cont = encode_pair(encode, context, continuation, empty_context_ids)
+    return ctx, cont, {"prompt_token_ids": ctx + cont}
+
+
+#: ``vllm.SamplingParams`` keyword arguments of a scoring request (one dummy generated token).
+VLLM_SCORING_KWARGS: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 1}
+
+
+def from_vllm_prompt_logprobs(output: Any, *, n_context: int, continuation: list[int]) -> LogLikelihood:
+    """Our :class:`LogLikelihood` from a ``RequestOutput`` whose prompt was context + continuation.
+
+    ``output.prompt_logprobs[p]`` maps token id -> ``Logprob`` (``.logprob``, ``.rank``) for position ``p``
+    (``None`` at position 0); it always holds the prompt's actual token.
+    """
+    plp = getattr(output, "prompt_logprobs", None)
+    if plp is None:
+        raise EngineError("vLLM returned no prompt logprobs; the request needs `prompt_logprobs` set.")
+    total, greedy = 0.0, True
+    for j, tok in enumerate(continuation):
+        p = n_context + j
+        step = plp[p] if p < len(plp) else None
+        if not step or tok not in step:
+            raise EngineError(f"vLLM's prompt logprobs lack token {tok} at position {p}.")
+        v = step[tok]
+        total += _lp_value(v)
+        rank = getattr(v, "rank", None)
+        if rank is not None:
+            greedy = greedy and rank == 1
+        else:
+            greedy = greedy and _lp_value(v) >= max(_lp_value(x) for x in step.values())
+    return LogLikelihood(logprob=total, is_greedy=greedy, n_tokens=len(continuation))
+
+
 class VLLMEngine:
     """The engine contract on ``vllm.LLM`` (one process, tensor parallel inside vLLM)."""
 
@@ -88,3 +136,11 @@ class VLLMEngine:
 
     def token_strings(self, token_ids: list[int]) -> list[str]:  # pragma: no cover
         return [self.tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[LogLikelihood]:  # pragma: no cover
+        enc = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        start = [t for t in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id) if t is not None][:1]
+        reqs = [to_vllm_prompt_request(enc, c, x, start) for c, x in requests]
+        sp = self._vllm.SamplingParams(**VLLM_SCORING_KWARGS)
+        outs = self.llm.generate([r[2] for r in reqs], sp, use_tqdm=False)
+        return [from_vllm_prompt_logprobs(o, n_context=len(r[0]), continuation=r[1]) for o, r in zip(outs, reqs)]
