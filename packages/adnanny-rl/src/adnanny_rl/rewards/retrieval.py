@@ -1,0 +1,133 @@
+"""Query generation → frozen retrieval, eq. (8) (doc2query-style injection).
+
+The downstream model is a frozen retriever over the ad catalog — BM25 (adnanny-eval's `BM25Index`) or a dense
+all-MiniLM-L6-v2 encoder. A policy generates queries for an ad; they are *injected* into the pipeline by appending
+them to that ad's document (the retriever's parameters never change; only its index input does). The metric is
+recall@K (or NDCG@K) of the right ads for **held-out clicked queries** — real queries users clicked the ad for,
+never shown to the policy — with the injected queries (M_with) and without (M_base).
+
+Which held-out queries a batch is scored on: those whose relevant ads include an ad of the batch. Expanding
+8 ads of a 900-ad catalog cannot move the catalog-wide mean measurably, and queries of untouched ads only add the
+same constant to both sides; restricting to the batch's ads keeps the delta about what the batch changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from adnanny_rl.batch_reward import RewardTransform, reward_batches
+from adnanny_rl.errors import RLConfigError
+from adnanny_rl.rewards.base import RewardOutput
+
+__all__ = ["RetrievalReward"]
+
+
+class RetrievalReward:
+    """Batch reward of eq. (8) for generation tasks whose output is queries for an ad (`keyword_query`...).
+
+    `ads`: ad id -> document text (title + description); `heldout`: held-out clicked query -> ids of the ads it
+    was clicked on. Each row must carry the ad id under `ad_field`; completions are parsed with the task
+    definition's generation parser (an unparseable completion injects nothing and gets `format_penalty` added).
+    """
+
+    def __init__(self, spec: Any, ads: Mapping[str, str], heldout: Mapping[str, Sequence[str]], *, k: int = 10,
+                 metric: str = "recall", retriever: str = "bm25", encoder: Callable[[Sequence[str]], Any] | None
+                 = None, transform: RewardTransform | None = None, ad_field: str = "ad_id",
+                 format_penalty: float = -0.1) -> None:
+        from adnanny_eval.ranking import ndcg_at_k, recall_at_k
+
+        if metric not in ("recall", "ndcg"):
+            raise RLConfigError(f"`metric` must be 'recall' or 'ndcg', got {metric!r}")
+        if retriever not in ("bm25", "dense"):
+            raise RLConfigError(f"`retriever` must be 'bm25' or 'dense', got {retriever!r}")
+        if not ads:
+            raise RLConfigError("`ads` is empty: the retriever needs a catalog")
+        missing = sorted({a for rel in heldout.values() for a in rel} - set(ads))
+        if missing:
+            raise RLConfigError(f"held-out queries name ads not in the catalog: {missing[:5]}")
+        self.spec, self.k, self.retriever, self.ad_field = spec, k, retriever, ad_field
+        self.transform = transform or RewardTransform()
+        self.format_penalty = float(format_penalty)
+        self._score_one = recall_at_k if metric == "recall" else ndcg_at_k
+        self.ad_ids = list(ads)
+        self.docs = [ads[a] for a in self.ad_ids]
+        self.heldout = {q: list(rel) for q, rel in heldout.items()}
+        self.by_ad: dict[str, list[str]] = {}
+        for q, rel in self.heldout.items():
+            for a in rel:
+                self.by_ad.setdefault(a, []).append(q)
+        self.name = f"retrieval:{retriever}:{metric}@{k}"
+        if retriever == "dense":
+            if encoder is None:
+                from adnanny_eval.encoders import minilm_encoder
+                encoder = minilm_encoder()
+            self._encode = encoder
+            self._doc_emb = self._unit(np.asarray(encoder(self.docs), dtype=np.float64))      # [D, d]
+            self._query_emb = dict(zip(self.heldout, self._unit(np.asarray(encoder(list(self.heldout)),
+                                                                           dtype=np.float64)), strict=True))
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+    def metric(self, expansions: Mapping[str, Sequence[str]], queries: Sequence[str]) -> float:
+        """Mean metric@K of `queries` when each ad's document is extended with `expansions[ad]`."""
+        if not queries:
+            return 0.0
+        if self.retriever == "bm25":
+            from adnanny_eval.lexical import BM25Index
+
+            docs = [d + "".join(" " + q for q in expansions.get(a, ())) for a, d in zip(self.ad_ids, self.docs,
+                                                                                         strict=True)]
+            scores = BM25Index(docs).scores(list(queries))                                       # [Q, D]
+        else:
+            emb = self._doc_emb.copy()
+            for a, qs in expansions.items():
+                if qs:
+                    j = self.ad_ids.index(a)
+                    # doc2query for a dense index: the document vector moves towards its injected queries.
+                    extra = self._unit(np.asarray(self._encode(list(qs)), dtype=np.float64))
+                    emb[j] = self._unit((emb[j] + extra.sum(axis=0))[None, :])[0]
+            scores = np.stack([self._query_emb[q] for q in queries]) @ emb.T                      # [Q, D]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        # A BM25 score of 0 shares no term with the query: such an ad was not retrieved (no tie-break luck).
+        floor = 0.0 if self.retriever == "bm25" else -np.inf
+        vals = [self._score_one([self.ad_ids[j] for j in row if scores[i, j] > floor], self.heldout[q], self.k)
+                for i, (q, row) in enumerate(zip(queries, top, strict=True))]
+        return float(np.mean(vals))
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]], completions: Sequence[str], *, group_size: int
+                 ) -> RewardOutput:
+        from adnanny_cook.errors import ParseError
+
+        n = len(completions)
+        if n % group_size:
+            raise RLConfigError(f"{n} completions are not whole groups of `group_size`={group_size}")
+        generated: list[list[str]] = []
+        parsed: list[float] = []
+        for text in completions:
+            try:
+                generated.append(self.spec.parse_generation(text))
+                parsed.append(1.0)
+            except ParseError:
+                generated.append([])
+                parsed.append(0.0)
+        total = [0.0] * n
+        gain = [0.0] * n
+        for rows_j in reward_batches(n // group_size, group_size):
+            expansions: dict[str, list[str]] = {}
+            for i in rows_j:
+                ad = str(rows[i][self.ad_field])
+                if ad not in self.by_ad and ad not in self.ad_ids:
+                    raise RLConfigError(f"row {i}: `{self.ad_field}`={ad!r} is not in the retriever's catalog")
+                expansions.setdefault(ad, []).extend(generated[i])
+            queries = sorted({q for a in expansions for q in self.by_ad.get(a, ())})
+            delta = self.metric(expansions, queries) - self.metric({}, queries)
+            r = self.transform(delta)
+            for i in rows_j:
+                gain[i] = delta
+                total[i] = r + (0.0 if parsed[i] else self.format_penalty)
+        return RewardOutput(total=total, components={"metric_gain": gain, "parsed": parsed})

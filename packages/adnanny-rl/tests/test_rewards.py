@@ -1,0 +1,122 @@
+"""Rewards: label agreement, retrieval with vs without injected queries (eq. 8), frozen CTR uplift."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adnanny_cook.tasks import get_task
+from adnanny_rl.errors import RewardError, RLConfigError
+from adnanny_rl.rewards.base import RewardOutput, as_output
+from adnanny_rl.rewards.ctr import CTRModel, CTRReward, CTRSettings
+from adnanny_rl.rewards.labels import LabelReward
+from adnanny_rl.rewards.retrieval import RetrievalReward
+
+
+def _qa_text(label: str, loc: str = "Good", q: str = "Good") -> str:
+    return f"<Label>{label}</Label><LocationLabel>{loc}</LocationLabel><AdQuality>{q}</AdQuality>"
+
+
+def test_label_reward_agreement_and_format_penalty() -> None:
+    spec = get_task("query_ad")
+    r = LabelReward(spec, field_weights={"label": 2.0, "location_label": 1.0, "quality_label": 1.0},
+                    format_penalty=-1.0, format_reward=0.1, mode="label")
+    gold = {"labels": {"label": "fair", "location_label": "good", "quality_label": "bad"}}
+    out = r([gold] * 3, [_qa_text("Fair", q="Bad"), _qa_text("Bad", q="Bad"), "Fair"], group_size=3)
+    assert out.total == pytest.approx([0.1 + 1.0, 0.1 + 2 / 4, -1.0])
+    assert out.components["parsed"] == [1.0, 1.0, 0.0]
+    with pytest.raises(RLConfigError, match="not label fields"):
+        LabelReward(spec, field_weights={"relevance": 1.0})
+    with pytest.raises(RLConfigError, match="labeling task"):
+        LabelReward(get_task("keyword_query"))
+
+
+def test_as_output_refuses_wrong_length_and_nan() -> None:
+    assert as_output([1, 2], 2, task="t").total == [1.0, 2.0]
+    with pytest.raises(RewardError, match="task `t`.*3 values for 2"):
+        as_output(RewardOutput(total=[1.0, 2.0, 3.0]), 2, task="t")
+    with pytest.raises(RewardError, match="row 1"):
+        as_output([0.0, float("nan")], 2, task="t")
+
+
+ADS = {"a1": "acme trail running shoes", "a2": "city hotel downtown rooms", "a3": "garden hose reel"}
+HELD = {"marathon sneakers": ["a1"], "place to stay center": ["a2"], "hose reel": ["a3"]}
+
+
+def _kq(q: str) -> str:
+    return f"<Query>{q}</Query>"
+
+
+@pytest.mark.parametrize("metric", ["recall", "ndcg"])
+def test_retrieval_reward_by_hand(metric: str) -> None:
+    spec = get_task("keyword_query")
+    rr = RetrievalReward(spec, ADS, HELD, k=1, metric=metric)
+    # Base: "marathon sneakers" and "place to stay center" share no token with any ad -> miss at k=1.
+    assert rr.metric({}, ["marathon sneakers", "place to stay center"]) == 0.0
+    assert rr.metric({"a1": ["marathon sneakers"]}, ["marathon sneakers"]) == 1.0
+    # 2 prompts (ads a1, a2) x G=2: completion 0 of each helps, completion 1 of each does not.
+    rows = [{"ad_id": "a1"}, {"ad_id": "a1"}, {"ad_id": "a2"}, {"ad_id": "a2"}]
+    comps = [_kq("marathon sneakers"), _kq("blue paint"), _kq("place to stay"), "not tagged"]
+    out = rr(rows, comps, group_size=2)
+    # batch 0 = {a1: marathon sneakers, a2: place to stay}: both held-out queries now hit -> +1.0
+    # batch 1 = {a1: blue paint} (+ unparseable): nothing hits -> 0.0; the unparseable row also pays -0.1.
+    assert out.components["metric_gain"] == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    assert out.total == pytest.approx([1.0, 0.0, 1.0, -0.1])
+    assert out.components["parsed"] == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_retrieval_dense_with_a_toy_encoder() -> None:
+    vocab = sorted({t for d in [*ADS.values(), *HELD] for t in d.split()} | {"sneakers"})
+
+    def enc(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[float(w in t.split()) + 1e-3 for w in vocab] for t in texts]).numpy()
+
+    rr = RetrievalReward(get_task("keyword_query"), ADS, HELD, k=1, retriever="dense", encoder=enc)
+    assert rr.metric({"a1": ["marathon sneakers"]}, ["marathon sneakers"]) == 1.0
+    with pytest.raises(RLConfigError, match="not in the catalog"):
+        RetrievalReward(get_task("keyword_query"), ADS, {"q": ["zz"]})
+
+
+def _ctr_model() -> CTRModel:
+    # Clicks follow overlap with the context and punish ALL CAPS creatives (as the sample world's logs do).
+    ctx, ads, clicked = [], [], []
+    for i in range(200):
+        good = i % 2 == 0
+        caps = i % 3 == 0
+        text = "trail running shoes sale" if good else "garden hose reel"
+        ctx.append("running shoes")
+        ads.append(text.upper() if caps else text)
+        clicked.append(good and not caps and i % 4 != 2 or (i % 50 == 1))
+    return CTRModel.fit(ctx, ads, clicked, settings=CTRSettings(buckets=256, epochs=20))
+
+
+def test_ctr_model_is_deterministic_and_round_trips(tmp_path) -> None:
+    m1, m2 = _ctr_model(), _ctr_model()
+    assert m1.param_hash() == m2.param_hash()
+    p = m1.predict(["running shoes", "running shoes"], ["trail running shoes sale", "TRAIL RUNNING SHOES SALE"])
+    assert p[0] > p[1] + 0.05                                          # caps hurt
+    m3 = CTRModel.load(m1.save(tmp_path / "ctr"))
+    assert m3.param_hash() == m1.param_hash() and m3.predict(["x"], ["y"]) == m1.predict(["x"], ["y"])
+    (tmp_path / "ctr" / "ctr.json").write_text((tmp_path / "ctr" / "ctr.json").read_text().replace('"sha256": "',
+                                                                                                '"sha256": "0'))
+    with pytest.raises(RewardError, match="SHA-256"):
+        CTRModel.load(tmp_path / "ctr")
+
+
+def test_ctr_reward_uplift_guards_and_frozen() -> None:
+    m = _ctr_model()
+    before = m.weight.clone()
+    spec = get_task("ad_rewrite")
+    r = CTRReward(spec, m, min_similarity=0.3)
+    row = {"ad_title": "TRAIL RUNNING SHOES", "ad_description": "SALE", "context": "running shoes"}
+    fixed = "<Title>Trail running shoes</Title><Description>Sale</Description>"
+    off_topic = "<Title>Luxury watches</Title><Description>Gold and silver</Description>"
+    bloated = "<Title>Trail running shoes</Title><Description>" + "sale " * 40 + "</Description>"
+    out = r([row] * 4, [fixed, off_topic, bloated, "garbage"], group_size=4)
+    assert out.total[0] > 0.02                                        # fixing the caps raises predicted CTR
+    assert out.components["guarded"] == [0.0, 1.0, 1.0, 1.0]
+    assert out.total[1] == 0.0 and out.total[2] == 0.0 and out.total[3] == pytest.approx(-0.1)
+    assert torch.equal(m.weight, before) and not m.weight.requires_grad
+    m.weight.add_(1.0)                                                # a bug that moved the model is caught
+    with pytest.raises(RewardError, match="parameters changed"):
+        r([row], [fixed], group_size=1)
