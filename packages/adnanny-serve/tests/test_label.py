@@ -142,8 +142,14 @@ def test_input_errors(tiny_fp8, tiny_engine, query_ad_rows, tmp_path) -> None:
         label_file(_cfg(tiny_fp8, dup, out), engine=tiny_engine)
     with pytest.raises(LabelError, match="does not exist"):
         label_file(_cfg(tiny_fp8, tmp_path / "missing.parquet", out), engine=tiny_engine)
-    with pytest.raises(ConfigError, match="generation task"):
+    with pytest.raises(LabelError, match=r"lacks the input columns \['keyword'.*map them with `--columns keyword="):
         label_file(_cfg(tiny_fp8, nocol, out, task="keyword_query"), engine=tiny_engine)
+    with pytest.raises(LabelError, match=r"no column `nope` \(mapped to task field `id`\)"):
+        label_file(_cfg(tiny_fp8, nocol, out, columns="query=query,id=nope"), engine=tiny_engine)
+    noid = tmp_path / "noid.parquet"
+    query_ad_rows.head(2).select("query", "ad_title").write_parquet(noid)
+    with pytest.raises(LabelError, match=r"has no `id` column; columns are \['query', 'ad_title'\].*--columns id="):
+        label_file(_cfg(tiny_fp8, noid, out), engine=tiny_engine)
     with pytest.raises(ConfigError, match=r"`mode` must be one of \['label', 'reasoning'\]; got 'think'"):
         LabelConfig(model="m", task="query_ad", input="i", out="o", mode="think")
     assert not out.exists()

@@ -34,6 +34,16 @@ def _load_toml(path: str, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
+def _resolve_model(value: str) -> Path:
+    """``--model`` through adnanny-ckpt's one resolver (a directory, or a built-in name such as ``smollm2``)."""
+    from adnanny_ckpt.models import resolve_model
+
+    try:
+        return resolve_model(value)
+    except Exception as e:  # UnknownModelError names the value and the known names
+        raise ConfigError(str(e)) from e
+
+
 def _merge(args: argparse.Namespace, keys: set[str]) -> dict[str, Any]:
     """TOML values overridden by the flags the user actually gave (argparse defaults are None)."""
     cfg = _load_toml(args.config, keys) if getattr(args, "config", None) else {}
@@ -67,7 +77,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from adnanny_serve.quantize import quantize_checkpoint
 
-    rep = quantize_checkpoint(args.model, args.out, max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
+    rep = quantize_checkpoint(_resolve_model(args.model), args.out, max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
                               overwrite=args.overwrite)
     if args.json:
         print(json.dumps(asdict(rep)))
@@ -87,8 +97,10 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in asdict(stats).items() if k != "extra"}))
     else:
+        thr = "" if stats.threshold is None else f"; threshold {stats.threshold:g}"
         print(f"labeled {stats.rows} rows ({stats.rows_done_now} now, {stats.chunks_skipped} chunks resumed) -> "
-              f"{stats.out}; parse errors: {stats.parse_errors}; {stats.samples_per_s:.2f} samples/s")
+              f"{stats.out}; parse errors: {stats.parse_errors}; truncated inputs: {stats.truncated_rows}{thr}; "
+              f"{stats.samples_per_s:.2f} samples/s (manifest: {stats.manifest})")
     return 0
 
 
@@ -108,9 +120,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     c = _merge(args, _SERVE_KEYS)
     if not c.get("model"):
         raise ConfigError("`model` is required (`--model DIR` or `model = ...` in --config).")
-    engine = TransformersEngine.from_pretrained(c["model"], device=c.get("device", "cpu"), dtype=c.get("dtype"),
+    model_dir = _resolve_model(c["model"])
+    engine = TransformersEngine.from_pretrained(model_dir, device=c.get("device", "cpu"), dtype=c.get("dtype"),
                                                 batch_size=int(c.get("batch_size", 8)))
-    name = c.get("served_model_name") or Path(c["model"]).name
+    # a built-in name is served under that name ("smollm2"), a directory under its basename
+    name = c.get("served_model_name") or (Path(c["model"]).name if Path(c["model"]).is_dir() else c["model"])
     key = c.get("api_key") or os.environ.get("ADNANNY_SERVE_API_KEY")
     app = create_app(engine, model_name=name, api_key=key,
                      limits=Limits(max_prompt_tokens=int(c.get("max_prompt_tokens", 4096)),
@@ -146,21 +160,31 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="Export an HF checkpoint to DeepSeek-style FP8 (128x128 block scales).",
                        description="Streams the checkpoint tensor by tensor: projection weights -> float8_e4m3fn + "
                                    "weight_scale_inv, the rest BF16; writes quantization_config to config.json.")
-    q.add_argument("--model", required=True, help="Input HF checkpoint dir (BF16/FP32 safetensors).")
+    q.add_argument("--model", required=True, help="Input HF checkpoint dir (BF16/FP32 safetensors) or a built-in "
+                   "name (smollm2).")
     q.add_argument("--out", required=True, help="Output dir (must not exist unless --overwrite).")
     q.add_argument("--max-shard-gb", type=float, default=5.0, help="Max shard size in GiB (default 5).")
     q.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
     q.add_argument("--json", action="store_true", help="Print the export report as JSON.")
     q.set_defaults(func=_cmd_quantize)
 
-    lab = sub.add_parser("label", help="Label a Parquet file with a model (resumable, chunked).",
+    lab = sub.add_parser("label", help="Label a CSV/JSONL/Parquet file with a model (streamed, resumable).",
                          description="Writes the predictions file adnanny-eval reads: id, one column per label "
-                                     "field, score (P(non-defect)), reasoning, raw, token counts, parse_error. "
-                                     "Rerun the same command to resume a killed job.")
+                                     "field, score (P(non-defect)), label_probs, reasoning, raw, token counts, "
+                                     "input_truncated, parse_error; plus OUT.manifest.json. Rerun the same command "
+                                     "to resume a killed job.")
     lab.add_argument("--config", help="TOML file with the keys below (flags override it).")
-    lab.add_argument("--model", help="Local HF checkpoint dir (FP8 ones are dequantized at load on CPU).")
-    lab.add_argument("--task", help="Labeling task name (query_ad, ad_user, pairwise_judgment).")
-    lab.add_argument("--input", help="Input Parquet: `id` + the task's input fields (or a corpus `input` column).")
+    lab.add_argument("--model", help="Model dir (HF checkpoint; FP8 ones are dequantized at load on CPU) or a "
+                     "built-in name (smollm2).")
+    lab.add_argument("--task", help="Task: a built-in/registered name (query_ad, ad_user, keyword_query, ...) or "
+                     "a TOML task file; default: the one task stored in the model dir (tasks/NAME.toml). A name "
+                     "the model dir stores is loaded from there (the definition it was trained on).")
+    lab.add_argument("--labels", help="Label fields to predict, comma-separated (e.g. `label` for relevance-only "
+                     "query_ad).")
+    lab.add_argument("--input", help="Input CSV / JSONL / Parquet: `id` + the task's input fields (renamed with "
+                     "--columns), or a corpus-style `input` JSON column.")
+    lab.add_argument("--columns", help="Map task fields to file columns: `query=search_term,ad_title=title,"
+                     "id=row_id` (also applied to --few-shot-from).")
     lab.add_argument("--out", help="Output predictions Parquet.")
     lab.add_argument("--mode", choices=["label", "reasoning"], help="label: tags only (fast); reasoning: think first.")
     lab.add_argument("--engine", choices=["transformers", "vllm"], help="Inference engine (default transformers).")
@@ -168,11 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dtype", help="float32 / bfloat16 (default fp32 on CPU, bf16 on CUDA).")
     lab.add_argument("--batch-size", dest="batch_size", type=int, help="Prompts per generate call (default 8).")
     lab.add_argument("--chunk-size", dest="chunk_size", type=int, help="Rows per resumable chunk (default 64).")
-    lab.add_argument("--max-tokens", dest="max_tokens", type=int, help="Generation budget (32 label / 512 reasoning).")
+    lab.add_argument("--max-tokens", dest="max_tokens", type=int,
+                     help="Generation budget (label mode: 32 label tasks / 128 generation tasks; reasoning 512).")
+    lab.add_argument("--max-input-tokens", dest="max_input_tokens", type=int,
+                     help="Budget of the whole prompt in tokens: the longest input fields (e.g. descriptions) are "
+                     "cut to fit, never the instructions; truncated rows are counted.")
     lab.add_argument("--top-logprobs", dest="top_logprobs", type=int, help="Alternatives kept per step for `score`.")
-    lab.add_argument("--example", action="store_const", const=True, help="Add the task's worked example to the "
-                     "prompt (needed by models not fine-tuned on the tag format, e.g. SmolLM2).")
-    lab.add_argument("--executor", choices=["local", "ray"], help="local (default) or ray (Ray Data over a cluster).")
+    lab.add_argument("--few-shot", dest="few_shot", type=int, help="K worked examples drawn from --few-shot-from, "
+                     "balanced across the primary label's values (seeded; a row never sees itself).")
+    lab.add_argument("--few-shot-from", dest="few_shot_from", help="Labeled CSV/JSONL/Parquet of your training "
+                     "rows (same --columns).")
+    lab.add_argument("--few-shot-seed", dest="few_shot_seed", type=int, help="Seed of the few-shot draw (default 0).")
+    lab.add_argument("--example", action="store_const", const=True, help="Add the task's one fixed worked example. "
+                     "It biases small models toward that example's label (SmolLM2 copied it on 95%% of rows); "
+                     "prefer --few-shot.")
+    lab.add_argument("--threshold", type=float, help="Decision threshold on `score` for the primary field "
+                     "(defect iff score < threshold); default: the model's adnanny_model.json, if any.")
+    lab.add_argument("--no-threshold", dest="no_threshold", action="store_const", const=True,
+                     help="Ignore the model's threshold: greedy labels.")
+    lab.add_argument("--executor", choices=["local", "ray"], help="local (default) or ray (engine replicas on Ray).")
     lab.add_argument("--num-workers", dest="num_workers", type=int, help="Ray workers (engine replicas).")
     lab.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="Hide the bar.")
     lab.add_argument("--json", action="store_true", help="Print run stats as JSON.")
@@ -183,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "full queue answers 429 with Retry-After. API key from --api-key or "
                                    "$ADNANNY_SERVE_API_KEY (optional).")
     s.add_argument("--config", help="TOML file with the keys below (flags override it).")
-    s.add_argument("--model", help="Local HF checkpoint dir.")
+    s.add_argument("--model", help="Local HF checkpoint dir or a built-in name (smollm2).")
     s.add_argument("--served-model-name", dest="served_model_name", help="Name clients pass as `model`.")
     s.add_argument("--host", help="Bind address (default 127.0.0.1).")
     s.add_argument("--port", type=int, help="Port (default 8000).")

@@ -1,18 +1,31 @@
-"""Batch labeling: a Parquet of inputs -> a predictions Parquet (the file adnanny-eval reads).
+"""Batch labeling: a CSV / JSONL / Parquet of inputs -> a predictions Parquet (the file adnanny-eval reads).
 
 Contract of the output (one row per input row, in input order):
-``id``, ``task``, ``mode``, one column per label field named as in the task schema (``label``,
-``location_label``, ``quality_label`` for query_ad), ``score`` (P(non-defect) of the task's first field with
-defect values, see :mod:`adnanny_serve.scoring`), ``score_<field>`` for its other defect-bearing fields,
-``label_probs`` (JSON {field: {value: p}}), ``reasoning``, ``raw``, ``prompt_tokens``, ``completion_tokens``,
-``finish_reason`` and ``parse_error``. A row whose output does not parse keeps null labels and scores and
-the parser's message in ``parse_error`` — never a default label.
+``id``, ``task``, ``mode``, one column per label field of the (selected) task (``label``, ``location_label``,
+``quality_label`` for query_ad; the generated text fields for generation tasks: ``query``, ``profile``,
+``title``/``description``, ``keywords``), ``score`` (P(non-defect) of the task's primary field — after the
+threshold, if any, still the model's probability — see :mod:`adnanny_serve.scoring`), ``score_<field>`` for its
+other defect-bearing fields, ``label_probs`` (JSON {field: {value: p}}), ``reasoning``, ``raw``,
+``prompt_tokens``, ``completion_tokens``, ``finish_reason``, ``input_truncated`` and ``parse_error``. A row
+whose output does not parse keeps null labels and scores and the parser's message in ``parse_error`` — never a
+default label. ``<out>.manifest.json`` records what produced the file (model, task and its hash, few-shot
+examples, truncation count, threshold and its source).
+
+Inputs are read by adnanny-cook's streaming reader (``adnanny_cook.inputs.iter_rows``: CSV, JSONL, Parquet;
+``columns`` renames file columns to task fields), in chunks: memory holds one chunk of rows (plus the set of
+ids, to refuse duplicates), never the whole file.
 
 Resumable without doing a row twice or losing one: the input is cut into fixed chunks of ``chunk_size`` rows
 by position; each finished chunk is written atomically as ``<out>.parts/chunk-NNNNNN.parquet``. A restarted job
-reads ``state.json`` (it must describe the same input, task, mode and chunking) and skips chunks whose file
-exists. The final file is assembled, checked (every input id exactly once) and renamed into place, and only
-then are the parts removed.
+reads ``state.json`` (it must describe the same input rows, task, mode, prompts and chunking) and skips chunks
+whose file exists. The final file is streamed together from the chunks, checked (every input id exactly once,
+in input order) and renamed into place, and only then are the parts removed.
+
+Threshold: a model exported by adnanny-sft carries ``adnanny_model.json`` with a decision threshold per task,
+calibrated on its validation split. The primary field's label is then the most probable defect value when
+``score < threshold`` and the most probable non-defect value otherwise (``threshold`` / ``no_threshold``
+override it). WHY: a fine-tuned small model's greedy label sits on the 0.5 boundary of a skewed class prior; the
+calibrated threshold is what makes its Model DR match the gold DR (paper §5.1).
 """
 
 from __future__ import annotations
@@ -21,17 +34,52 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adnanny_serve.errors import ConfigError, LabelError
 
-__all__ = ["LabelConfig", "LabelStats", "label_file", "label_rows", "predictions_schema", "prompts_for"]
+__all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", "predictions_schema",
+           "prompts_for", "resolve_task", "resolve_threshold"]
 
 MODES = ("label", "reasoning")
+MODEL_MANIFEST = "adnanny_model.json"
+
+
+def _parse_columns(value: Any) -> dict[str, str] | None:
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, Mapping):
+        bad = {k: v for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
+        if bad:
+            raise ConfigError(f"`columns` must map task fields to file column names (strings); got {bad!r}.")
+        return dict(value)
+    if isinstance(value, str):
+        from adnanny_cook.inputs import parse_columns
+
+        try:
+            return dict(parse_columns(value))
+        except Exception as e:
+            raise ConfigError(f"`columns` {value!r}: {e}") from e
+    raise ConfigError(f"`columns` must be 'field=column,...' or a table; got {type(value).__name__}.")
+
+
+def _parse_labels(value: Any) -> tuple[str, ...] | None:
+    if value is None or value == "" or value == ():
+        return None
+    if isinstance(value, str):
+        out = tuple(v.strip() for v in value.split(",") if v.strip())
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        out = tuple(v.strip() for v in value)
+    else:
+        raise ConfigError(f"`labels` must be 'field,field' or a list of field names; got {value!r}.")
+    if not out:
+        raise ConfigError(f"`labels` {value!r} names no label field.")
+    return out
 
 
 @dataclass
@@ -39,7 +87,7 @@ class LabelConfig:
     """Settings of ``adnanny-serve label`` (TOML keys == CLI flags with ``-`` -> ``_``)."""
 
     model: str = ""
-    task: str = ""
+    task: str = ""  # a built-in/registered name, a TOML task file, or "" = the one task stored in the model dir
     input: str = ""
     out: str = ""
     mode: str = "label"
@@ -48,16 +96,24 @@ class LabelConfig:
     dtype: str | None = None
     batch_size: int = 8
     chunk_size: int = 64
-    max_tokens: int | None = None  # default: 32 in label mode, 512 in reasoning mode
+    max_tokens: int | None = None  # default: 32 (label tasks) / 128 (generation tasks) in label mode, 512 reasoning
     top_logprobs: int = 20
     example: bool = False
+    columns: Any = None  # {task_field: file_column} or "query=search_term,label=esci"
+    labels: Any = None  # label fields to predict ("label" = relevance-only query_ad); None = the task's own
+    max_input_tokens: int | None = None
+    few_shot: int = 0
+    few_shot_from: str | None = None
+    few_shot_seed: int = 0
+    threshold: float | None = None
+    no_threshold: bool = False
     executor: str = "local"
     num_workers: int = 2
     progress: bool = True
 
     def __post_init__(self) -> None:
         errs = []
-        for key in ("model", "task", "input", "out"):
+        for key in ("model", "input", "out"):
             if not getattr(self, key):
                 errs.append(f"`{key}` is required")
         if self.mode not in MODES:
@@ -68,15 +124,41 @@ class LabelConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 errs.append(f"`{key}` must be an integer >= 1; got {v!r}")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            errs.append(f"`max_tokens` must be an integer >= 1; got {self.max_tokens!r}")
+        for key in ("max_tokens", "max_input_tokens"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                errs.append(f"`{key}` must be an integer >= 1; got {v!r}")
         if not isinstance(self.top_logprobs, int) or self.top_logprobs < 1:
             errs.append(f"`top_logprobs` must be an integer >= 1; got {self.top_logprobs!r}")
+        if not isinstance(self.few_shot, int) or isinstance(self.few_shot, bool) or self.few_shot < 0:
+            errs.append(f"`few_shot` must be an integer >= 0; got {self.few_shot!r}")
+        elif self.few_shot and not self.few_shot_from:
+            errs.append("`few_shot` needs `few_shot_from` (a labeled CSV/JSONL/Parquet of your training rows)")
+        elif self.few_shot_from and not self.few_shot:
+            errs.append("`few_shot_from` is given but `few_shot` is 0; pass `--few-shot K`")
+        if self.few_shot and self.example:
+            errs.append("`example` and `few_shot` exclude each other; use `few_shot` (the fixed example biases "
+                        "small models)")
+        if self.threshold is not None:
+            t = self.threshold
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
+                errs.append(f"`threshold` must be a probability in [0, 1]; got {t!r}")
+            elif self.no_threshold:
+                errs.append("`threshold` and `no_threshold` exclude each other")
         if errs:
             raise ConfigError("invalid label config: " + "; ".join(errs) + ".")
+        self.columns = _parse_columns(self.columns)
+        self.labels = _parse_labels(self.labels)
+
+    def max_tokens_for(self, task: Any) -> int:
+        if self.max_tokens is not None:
+            return self.max_tokens
+        if self.mode == "reasoning":
+            return 512
+        return 32 if task.kind == "label" else 128
 
     @property
-    def resolved_max_tokens(self) -> int:
+    def resolved_max_tokens(self) -> int:  # kept for callers that only label closed-set tasks
         return self.max_tokens if self.max_tokens is not None else (32 if self.mode == "label" else 512)
 
 
@@ -93,7 +175,104 @@ class LabelStats:
     samples_per_s: float
     avg_prompt_tokens: float
     avg_completion_tokens: float
+    truncated_rows: int = 0
+    manifest: str = ""
+    threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- task + threshold
+def resolve_task(ref: str, model_dir: Path | None, labels: tuple[str, ...] | None = None) -> tuple[Any, str]:
+    """(task spec, where it came from) for ``--task ref``.
+
+    A TOML path loads that file; a name that the model dir stores (``tasks/<name>.toml``, written by adnanny-sft
+    and cook: the exact definition the model was trained on) loads it from there; another name is a built-in or
+    registered task. An empty ``ref`` takes the model dir's only stored task. ``labels`` then selects label
+    fields (``("label",)``: relevance-only query_ad).
+    """
+    from adnanny_cook.tasks import load_task, load_task_from_dir
+
+    stored = sorted(p.stem for p in (model_dir / "tasks").glob("*.toml")) if model_dir is not None and \
+        (model_dir / "tasks").is_dir() else []
+    try:
+        if not ref:
+            if len(stored) != 1:
+                raise ConfigError(
+                    f"`task` is required: the model dir {str(model_dir)!r} stores "
+                    f"{'no task definitions' if not stored else f'several: {stored}'} under tasks/; pass "
+                    "`--task NAME` or `--task FILE.toml`.")
+            spec, source = load_task_from_dir(model_dir, stored[0]), f"{model_dir}/tasks/{stored[0]}.toml"
+        elif ref.endswith(".toml") or os.sep in ref or Path(ref).is_file():
+            spec, source = load_task(ref), str(Path(ref))
+        elif ref in stored:
+            spec, source = load_task_from_dir(model_dir, ref), f"{model_dir}/tasks/{ref}.toml"
+        else:
+            spec, source = load_task(ref), "built-in"
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"`task` {ref!r} cannot be loaded: {e}") from e
+    if labels:
+        try:
+            spec = spec.select_labels(labels)
+        except Exception as e:
+            raise ConfigError(f"`labels` {list(labels)}: {e}") from e
+    return spec, source
+
+
+def _task_hash(task: Any) -> str | None:
+    h = getattr(task, "hash", None)
+    return h if isinstance(h, str) else None
+
+
+def resolve_threshold(cfg: LabelConfig, task: Any, model_dir: Path) -> dict[str, Any]:
+    """The decision threshold to apply and its source: ``{"value", "source", "field", "defect", ...}``.
+
+    ``value`` None means "no threshold" (greedy labels). The model's ``adnanny_model.json`` is used only when it
+    describes this task (same name, same primary field and defect values, same definition hash when recorded);
+    otherwise the reason it was not used is recorded and printed.
+    """
+    from adnanny_serve.prompting import primary_field
+
+    pf = primary_field(task)
+    info: dict[str, Any] = {"value": None, "source": None, "field": pf,
+                            "defect": list(task.defect_values.get(pf, ())) if pf else None}
+    if cfg.no_threshold:
+        info["source"] = "disabled (no_threshold)"
+        return info
+    if cfg.threshold is not None:
+        if pf is None:
+            raise ConfigError(f"`threshold` needs a task with a defect-bearing label field; task `{task.name}` has "
+                              "none (generation tasks have no score).")
+        info.update(value=float(cfg.threshold), source="threshold (flag/config)")
+        return info
+    mf = model_dir / MODEL_MANIFEST
+    if not mf.is_file() or pf is None:
+        return info
+    try:
+        data = json.loads(mf.read_text())
+        entry = (data.get("tasks") or {}).get(task.name)
+    except (ValueError, AttributeError) as e:
+        raise LabelError(f"{str(mf)!r} is not valid JSON with a `tasks` table: {e}") from e
+    if not isinstance(entry, Mapping) or entry.get("threshold") is None:
+        return info
+    why = None
+    if entry.get("field", pf) != pf:
+        why = f"it is for field {entry.get('field')!r}, this task's primary field is {pf!r}"
+    elif entry.get("defect") is not None and sorted(map(str, entry["defect"])) != sorted(map(str, info["defect"])):
+        why = f"its defect values {entry['defect']} differ from the task's {info['defect']}"
+    elif entry.get("hash") and _task_hash(task) and entry["hash"] != _task_hash(task):
+        why = (f"the model was calibrated on another definition of `{task.name}` (hash {entry['hash'][:12]} vs "
+               f"{_task_hash(task)[:12]}); use the model's own task (omit `--task` or pass its name) or `--threshold`")
+    t = entry["threshold"]
+    if why is None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0):
+        why = f"its threshold {t!r} is not a probability"
+    if why is not None:
+        info["source"] = f"not applied: {mf.name} {why}"
+        print(f"adnanny-serve label: warning: threshold in {str(mf)!r} not applied: {why}.", file=sys.stderr)
+        return info
+    info.update(value=float(t), source=str(mf), method=entry.get("threshold_method"), val_bacc=entry.get("val_bacc"))
+    return info
 
 
 # ----------------------------------------------------------------------------------------- schema
@@ -112,130 +291,204 @@ def predictions_schema(task: Any) -> dict[str, Any]:
     for f in _score_fields(task)[1:]:
         schema[f"score_{f}"] = pl.Float64
     schema.update({"label_probs": pl.Utf8, "reasoning": pl.Utf8, "raw": pl.Utf8, "prompt_tokens": pl.Int64,
-                   "completion_tokens": pl.Int64, "finish_reason": pl.Utf8, "parse_error": pl.Utf8})
+                   "completion_tokens": pl.Int64, "finish_reason": pl.Utf8, "input_truncated": pl.Boolean,
+                   "parse_error": pl.Utf8})
     return schema
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _read_inputs(path: Path, task: Any) -> list[dict[str, Any]]:
-    """Rows with ``id`` and the task's input fields, from columns or from a corpus-style ``input`` JSON."""
-    import polars as pl
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
+
+
+def iter_input_rows(path: Path, task: Any, columns: Mapping[str, str] | None, chunk_rows: int
+                    ) -> Iterator[dict[str, Any]]:
+    """Rows ``{"id", **inputs}`` of the input file, validated, streamed through cook's reader.
+
+    A corpus-style ``input`` JSON column stands in for the input-field columns. Raises :class:`LabelError`
+    naming the file and row for a missing/duplicate id, missing required inputs, or a row of another task.
+    """
+    from adnanny_cook.inputs import file_columns, iter_rows
+
+    from adnanny_serve.prompting import _json_inputs
 
     if not path.is_file():
         raise LabelError(f"`input` file {str(path)!r} does not exist.")
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:
-        raise LabelError(f"`input` {str(path)!r} is not a readable Parquet file: {e}") from e
-    if "id" not in df.columns:
-        raise LabelError(f"`input` {str(path)!r} has no `id` column; columns are {df.columns}.")
-    have_cols = all(f in df.columns for f in task.input_fields)
-    if not have_cols and "input" not in df.columns:
-        missing = [f for f in task.input_fields if f not in df.columns]
-        raise LabelError(
-            f"`input` {str(path)!r} lacks the input columns {missing} of task `{task.name}` and has no `input` "
-            "JSON column; give one column per input field or a corpus-style `input` column."
-        )
-    if "task" in df.columns:
-        other = df.filter(pl.col("task") != task.name)
-        if other.height:
-            raise LabelError(
-                f"`input` {str(path)!r} row {other['id'][0]!r} has task {other['task'][0]!r}, not `{task.name}`; "
-                "filter the file to one task (`--task` must match)."
-            )
-    rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for n, rec in enumerate(df.iter_rows(named=True)):
-        rid = rec["id"]
-        if rid is None or str(rid) == "":
-            raise LabelError(f"`input` {str(path)!r} row {n} has an empty `id`; every row needs a unique id.")
-        rid = str(rid)
-        if rid in seen:
-            raise LabelError(f"`input` {str(path)!r} row {n}: `id` {rid!r} appears twice; ids must be unique.")
-        seen.add(rid)
-        if have_cols:
-            inp = {f: rec[f] for f in task.input_fields}
-        else:
-            try:
-                inp = json.loads(rec["input"])
-            except (TypeError, ValueError) as e:
-                raise LabelError(f"`input` {str(path)!r} row {n} (id {rid!r}): `input` is not JSON: {e}") from e
-        missing = task.missing_inputs(inp)
-        if missing:
-            raise LabelError(
-                f"`input` {str(path)!r} row {n} (id {rid!r}) misses input fields {missing} of task `{task.name}`."
-            )
-        rows.append({"id": rid, **inp})
-    return rows
+    n = 0
+    try:
+        if columns:
+            # one `--columns` serves the input and the few-shot file: a mapped label column (`label=esci`) that
+            # an unlabeled input lacks is not needed here; a mapped input or id column must exist
+            have = set(file_columns(path))
+            columns = {f: c for f, c in columns.items() if c in have or f == "id" or f in task.input_fields}
+        stream = iter_rows(path, columns=dict(columns) if columns else None, chunk_rows=chunk_rows)
+        for item in stream:
+            for rec in ([item] if isinstance(item, Mapping) else item):
+                if n == 0:
+                    cols = list(rec)
+                    if "id" not in rec:
+                        raise LabelError(f"`input` {str(path)!r} has no `id` column; columns are {cols}. Map "
+                                         "one with `--columns id=COLUMN`.")
+                    have = [f for f in task.input_fields if f in rec]
+                    required = [f for f in getattr(task, "required_inputs", task.input_fields)]
+                    if any(f not in rec for f in required) and "input" not in rec:
+                        missing = [f for f in task.input_fields if f not in rec]
+                        raise LabelError(
+                            f"`input` {str(path)!r} lacks the input columns {missing} of task `{task.name}` and has "
+                            f"no `input` JSON column (columns: {cols}, found {have}); map them with `--columns "
+                            f"{missing[0]}=COLUMN,...` or give a corpus-style `input` column.")
+                rid = rec.get("id")
+                if _blank(rid):
+                    raise LabelError(f"`input` {str(path)!r} row {n} has an empty `id`; every row needs a unique id.")
+                rid = str(rid)
+                if rid in seen:
+                    raise LabelError(f"`input` {str(path)!r} row {n}: `id` {rid!r} appears twice; ids must be unique.")
+                seen.add(rid)
+                t = rec.get("task")
+                if t is not None and t != task.name and "task" not in task.input_fields:
+                    raise LabelError(f"`input` {str(path)!r} row {n} (id {rid!r}) has task {t!r}, not "
+                                     f"`{task.name}`; filter the file to one task (`--task` must match).")
+                if all(f in rec for f in getattr(task, "required_inputs", task.input_fields)):
+                    inp = {f: rec.get(f) for f in task.input_fields}
+                else:
+                    full = _json_inputs(rec, n, str(path))
+                    inp = {f: full.get(f) for f in task.input_fields}
+                inp = {f: (None if _blank(v) else v) for f, v in inp.items()}
+                missing = task.missing_inputs(inp)
+                if missing:
+                    raise LabelError(f"`input` {str(path)!r} row {n} (id {rid!r}) misses input fields {missing} of "
+                                     f"task `{task.name}`.")
+                n += 1
+                yield {"id": rid, **inp}
+    except (LabelError, ConfigError):
+        raise
+    except Exception as e:  # cook's reader: unreadable file, unknown mapped column — its message names them
+        raise LabelError(f"`input` {str(path)!r}: {e}") from e
 
 
-def prompts_for(engine: Any, task: Any, rows: Iterable[dict[str, Any]], mode: str, example: bool) -> list[str]:
-    """Rendered prompts (task messages through the engine's chat template)."""
+def iter_chunks(path: Path, task: Any, columns: Mapping[str, str] | None, chunk_size: int
+                ) -> Iterator[list[dict[str, Any]]]:
+    """Exactly ``chunk_size`` rows per chunk (the last may be shorter): the unit of resumption is positional."""
+    buf: list[dict[str, Any]] = []
+    for r in iter_input_rows(path, task, columns, chunk_size):
+        buf.append(r)
+        if len(buf) == chunk_size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def prompts_for(engine: Any, task: Any, rows: list[dict[str, Any]], mode: str, example: bool) -> list[str]:
+    """Rendered prompts (task messages through the engine's chat template; no few-shot, no truncation)."""
     return [engine.apply_chat_template(task.render_messages(r, mode=mode, example=example)) for r in rows]
 
 
 # ----------------------------------------------------------------------------------------- labeling
+def _apply_threshold(rec: dict[str, Any], probs: Mapping[str, Any], field_name: str, defect: tuple[Any, ...],
+                     threshold: float) -> None:
+    """Primary-field label from the score and the threshold: the most probable defect value when
+    ``score < threshold``, else the most probable non-defect value."""
+    if rec.get("score") is None or field_name not in probs:
+        return
+    p = probs[field_name]
+    side = [v for v in p if (v in defect) == (rec["score"] < threshold)]
+    if side:
+        best = max(side, key=lambda v: p[v])
+        rec[field_name] = best
+
+
 def label_rows(engine: Any, task: Any, rows: list[dict[str, Any]], *, mode: str, max_tokens: int,
-               top_logprobs: int = 20, example: bool = False) -> list[dict[str, Any]]:
-    """Label ``rows`` with one batched ``engine.generate`` call; returns prediction records."""
+               top_logprobs: int = 20, example: bool = False, builder: Any = None,
+               threshold: float | None = None) -> list[dict[str, Any]]:
+    """Label ``rows`` with one batched ``engine.generate`` call; returns prediction records.
+
+    ``builder`` (a :class:`adnanny_serve.prompting.PromptBuilder`) renders few-shot / truncated prompts;
+    ``threshold`` decides the primary field's label from its score (see the module docstring).
+    """
     from adnanny_cook.tasks import ParseError
 
     from adnanny_serve.engines.base import SamplingParams
+    from adnanny_serve.prompting import PromptBuilder, primary_field
     from adnanny_serve.scoring import field_value_probs
 
     if mode not in MODES:
         raise ConfigError(f"`mode` must be one of {list(MODES)}; got {mode!r}.")
+    if builder is None:
+        builder = PromptBuilder(engine, task, mode=mode, example=example)
+    rendered = [builder.render(r) for r in rows]
     params = SamplingParams(
         max_tokens=max_tokens, temperature=0.0,
         stop=tuple(task.label_stop) if mode == "label" else (),
-        include_stop_str_in_output=True, logprobs=top_logprobs,
+        include_stop_str_in_output=True, logprobs=top_logprobs if task.kind == "label" else None,
     )
-    gens = engine.generate(prompts_for(engine, task, rows, mode, example), params)
+    gens = engine.generate([p for p, _ in rendered], params)
     score_fields = _score_fields(task)
+    pf = primary_field(task)
     out = []
-    for row, g in zip(rows, gens):
+    for row, (_, truncated), g in zip(rows, rendered, gens):
         rec: dict[str, Any] = {"id": row["id"], "task": task.name, "mode": mode, "raw": g.text,
                                "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                                "finish_reason": g.finish_reason, "reasoning": None, "parse_error": None,
-                               "score": None, "label_probs": None}
+                               "score": None, "label_probs": None, "input_truncated": truncated}
         for f in task.label_fields:
             rec[f] = None
         for f in score_fields[1:]:
             rec[f"score_{f}"] = None
         try:
+            # generation tasks answer one output per row in the tag format they were trained on; the strict
+            # parser keeps free text as written (stripped) and flags anything else — never coerced
             parsed = task.parse(g.text, mode=mode)
         except ParseError as e:
             rec["parse_error"] = f"{type(e).__name__}: {e}"
         else:
             rec.update(parsed.labels)
             rec["reasoning"] = parsed.reasoning
-            probs = {}
+            probs: dict[str, dict[Any, float]] = {}
             for k, f in enumerate(score_fields):
                 p = field_value_probs(engine, task, f, g.text, g.token_ids, g.top_logprobs)
                 if p is None:
                     continue
-                probs[f] = {str(v): p[v] for v in p}
+                probs[f] = p
                 s = sum(pv for v, pv in p.items() if v not in task.defect_values[f])
                 rec["score" if k == 0 else f"score_{f}"] = s
-            rec["label_probs"] = json.dumps(probs) if probs else None
+            if threshold is not None and pf is not None:
+                _apply_threshold(rec, probs, pf, tuple(task.defect_values[pf]), threshold)
+            rec["label_probs"] = (json.dumps({f: {str(v): pv for v, pv in p.items()} for f, p in probs.items()})
+                                  if probs else None)
         out.append(rec)
     return out
 
 
-def _atomic_write_parquet(df: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _fsync_dir(d: Path) -> None:
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(d, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
+
+
+def _fsync_publish(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_parquet(df: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.write_parquet(tmp)
+    _fsync_publish(tmp, path)
+
+
+def _atomic_write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    _fsync_publish(tmp, path)
 
 
 def write_chunk(records: list[dict[str, Any]], task: Any, path: Path) -> None:
@@ -247,42 +500,98 @@ def write_chunk(records: list[dict[str, Any]], task: Any, path: Path) -> None:
     _atomic_write_parquet(df, path)
 
 
-def _fingerprint(rows: list[dict[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps(r, sort_keys=True, default=str).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 def chunk_path(parts: Path, k: int) -> Path:
     return parts / f"chunk-{k:06d}.parquet"
 
 
-def plan(cfg: LabelConfig) -> tuple[Any, list[dict[str, Any]], Path, list[int]]:
-    """Read inputs, prepare ``<out>.parts`` and return (task, rows, parts dir, chunk indices still to do)."""
-    from adnanny_cook.tasks import get_task
+# ----------------------------------------------------------------------------------------- the job
+@dataclass
+class LabelJob:
+    """Everything a worker needs to label chunks (picklable: Ray actors get one)."""
+
+    cfg: LabelConfig
+    model_dir: Path
+    task: Any
+    task_source: str
+    threshold: dict[str, Any]
+    few_shot: Any  # adnanny_serve.prompting.FewShot | None
+    rows: int
+    ids_sha256: str
+    input_fingerprint: str
+    parts: Path
+
+    @property
+    def n_chunks(self) -> int:
+        return (self.rows + self.cfg.chunk_size - 1) // self.cfg.chunk_size
+
+    def builder(self, engine: Any) -> Any:
+        from adnanny_serve.prompting import PromptBuilder
+
+        return PromptBuilder(engine, self.task, mode=self.cfg.mode, example=self.cfg.example,
+                             few_shot=self.few_shot, max_input_tokens=self.cfg.max_input_tokens)
+
+    def label_chunk(self, engine: Any, builder: Any, k: int, chunk: list[dict[str, Any]]) -> None:
+        recs = label_rows(engine, self.task, chunk, mode=self.cfg.mode, max_tokens=self.cfg.max_tokens_for(self.task),
+                          top_logprobs=self.cfg.top_logprobs, example=self.cfg.example, builder=builder,
+                          threshold=self.threshold.get("value"))
+        write_chunk(recs, self.task, chunk_path(self.parts, k))
+
+    def chunks(self) -> Iterator[list[dict[str, Any]]]:
+        return iter_chunks(Path(self.cfg.input), self.task, self.cfg.columns, self.cfg.chunk_size)
+
+    def load_engine(self) -> Any:
+        from adnanny_serve.engines import load_engine
+
+        return load_engine(str(self.model_dir), engine=self.cfg.engine, device=self.cfg.device, dtype=self.cfg.dtype,
+                           batch_size=self.cfg.batch_size)
+
+
+_STATE_KEYS = ("input_fingerprint", "rows", "task", "task_hash", "mode", "chunk_size", "model", "example",
+               "max_tokens", "max_input_tokens", "few_shot", "threshold", "labels", "columns")
+
+
+def plan(cfg: LabelConfig) -> LabelJob:
+    """Resolve model and task, scan the input once (validating it), prepare ``<out>.parts`` -> a :class:`LabelJob`."""
+    from adnanny_ckpt.models import resolve_model
 
     from adnanny_serve.__about__ import __version__
+    from adnanny_serve.prompting import read_few_shot
 
     try:
-        task = get_task(cfg.task)
+        model_dir = resolve_model(cfg.model)
     except Exception as e:
-        raise ConfigError(f"`task` {cfg.task!r} is unknown: {e}") from e
-    if task.kind != "label":
-        raise ConfigError(f"`task` {cfg.task!r} is a generation task; `label` needs a labeling task "
-                          "(query_ad, ad_user, pairwise_judgment).")
-    rows = _read_inputs(Path(cfg.input), task)
+        raise ConfigError(str(e)) from e
+    task, task_source = resolve_task(cfg.task, model_dir, cfg.labels)
+    threshold = resolve_threshold(cfg, task, model_dir)
+    few = None
+    if cfg.few_shot:
+        few = read_few_shot(task, cfg.few_shot_from, k=cfg.few_shot, seed=cfg.few_shot_seed, columns=cfg.columns,
+                            chunk_rows=max(cfg.chunk_size, 1024), need_reasoning=cfg.mode == "reasoning")
+    # one streaming pass: validates every row up front (a bad row 1M rows in should fail before labeling) and
+    # fingerprints the rows as the task sees them, so a changed file or column mapping is refused on resume
+    fp, ids = hashlib.sha256(), hashlib.sha256()
+    rows = 0
+    for chunk in iter_chunks(Path(cfg.input), task, cfg.columns, cfg.chunk_size):
+        for r in chunk:
+            fp.update(json.dumps(r, sort_keys=True, default=str).encode())
+            fp.update(b"\n")
+            ids.update(r["id"].encode())
+            ids.update(b"\n")
+        rows += len(chunk)
     out = Path(cfg.out)
     parts = out.with_name(out.name + ".parts")
-    state = {"input_fingerprint": _fingerprint(rows), "rows": len(rows), "task": cfg.task, "mode": cfg.mode,
-             "chunk_size": cfg.chunk_size, "model": str(Path(cfg.model).resolve()), "example": cfg.example,
-             "max_tokens": cfg.resolved_max_tokens, "version": __version__}
+    job = LabelJob(cfg=cfg, model_dir=model_dir, task=task, task_source=task_source, threshold=threshold,
+                   few_shot=few, rows=rows, ids_sha256=ids.hexdigest(), input_fingerprint=fp.hexdigest(),
+                   parts=parts)
+    state = {"input_fingerprint": job.input_fingerprint, "rows": rows, "task": task.name, "task_hash": _task_hash(task),
+             "mode": cfg.mode, "chunk_size": cfg.chunk_size, "model": str(model_dir.resolve()),
+             "example": cfg.example, "max_tokens": cfg.max_tokens_for(task), "max_input_tokens": cfg.max_input_tokens,
+             "few_shot": few.summary()["ids"] if few is not None else None, "threshold": threshold["value"],
+             "labels": list(task.field_order), "columns": cfg.columns, "version": __version__}
     state_file = parts / "state.json"
     if state_file.is_file():
         old = json.loads(state_file.read_text())
-        diff = [k for k in ("input_fingerprint", "rows", "task", "mode", "chunk_size", "model", "example",
-                            "max_tokens") if old.get(k) != state[k]]
+        diff = [k for k in _STATE_KEYS if old.get(k) != state[k]]
         if diff:
             raise LabelError(
                 f"`out` {str(out)!r} has an unfinished run in {str(parts)!r} with different {diff} "
@@ -293,36 +602,67 @@ def plan(cfg: LabelConfig) -> tuple[Any, list[dict[str, Any]], Path, list[int]]:
         if out.exists():
             raise LabelError(f"`out` {str(out)!r} already exists; delete it or choose another path.")
         parts.mkdir(parents=True, exist_ok=True)
-        tmp = state_file.with_name(".state.json.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, state_file)
-    n_chunks = (len(rows) + cfg.chunk_size - 1) // cfg.chunk_size
-    todo = [k for k in range(n_chunks) if not chunk_path(parts, k).is_file()]
-    return task, rows, parts, todo
+        _atomic_write_json(state, state_file)
+    return job
 
 
-def finalize(task: Any, rows: list[dict[str, Any]], parts: Path, out: Path, n_chunks: int) -> Any:
-    """Assemble the chunks, check every id appears exactly once in input order, publish atomically."""
+def _todo(job: LabelJob) -> list[int]:
+    return [k for k in range(job.n_chunks) if not chunk_path(job.parts, k).is_file()]
+
+
+def finalize(job: LabelJob, out: Path) -> dict[str, Any]:
+    """Stream the chunks into ``out`` after checking every id appears exactly once in input order; write the
+    manifest; publish atomically. Returns the manifest."""
     import polars as pl
 
-    frames = []
-    for k in range(n_chunks):
-        p = chunk_path(parts, k)
+    paths = [chunk_path(job.parts, k) for k in range(job.n_chunks)]
+    for p in paths:
         if not p.is_file():
             raise LabelError(f"chunk file {str(p)!r} is missing; rerun the same command to finish it.")
-        frames.append(pl.read_parquet(p))
-    df = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=predictions_schema(task))
-    ids = df["id"].to_list()
-    want = [r["id"] for r in rows]
-    if ids != want:
-        dup = df.filter(pl.col("id").is_duplicated())["id"].unique().to_list()[:3]
+    h = hashlib.sha256()
+    n = 0
+    agg = {"parse_errors": 0, "truncated_rows": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    schema = predictions_schema(job.task)
+    for p in paths:
+        df = pl.read_parquet(p, columns=["id", "parse_error", "input_truncated", "prompt_tokens",
+                                         "completion_tokens"])
+        for rid in df["id"].to_list():
+            h.update(str(rid).encode())
+            h.update(b"\n")
+        n += df.height
+        agg["parse_errors"] += int(df["parse_error"].is_not_null().sum())
+        agg["truncated_rows"] += int(df["input_truncated"].fill_null(False).sum())
+        agg["prompt_tokens"] += int(df["prompt_tokens"].fill_null(0).sum())
+        agg["completion_tokens"] += int(df["completion_tokens"].fill_null(0).sum())
+    if n != job.rows or h.hexdigest() != job.ids_sha256:
         raise LabelError(
-            f"chunks in {str(parts)!r} do not hold each input id exactly once in order (duplicated e.g. {dup}, "
-            f"{len(ids)} rows vs {len(want)} inputs); delete the folder and rerun."
-        )
-    _atomic_write_parquet(df, out)
-    shutil.rmtree(parts)
-    return df
+            f"chunks in {str(job.parts)!r} do not hold each input id exactly once in input order ({n} rows vs "
+            f"{job.rows} inputs); delete the folder and rerun.")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if paths:
+        pl.concat([pl.scan_parquet(p) for p in paths], how="vertical").sink_parquet(tmp)
+    else:
+        pl.DataFrame(schema=schema).write_parquet(tmp)
+    cfg = job.cfg
+    from adnanny_serve.__about__ import __version__
+
+    manifest = {
+        "predictions": out.name, "rows": n, "parse_errors": agg["parse_errors"],
+        "truncated_rows": agg["truncated_rows"], "max_input_tokens": cfg.max_input_tokens,
+        "avg_prompt_tokens": agg["prompt_tokens"] / n if n else 0.0,
+        "avg_completion_tokens": agg["completion_tokens"] / n if n else 0.0,
+        "model": cfg.model, "model_dir": str(job.model_dir.resolve()),
+        "task": job.task.name, "task_hash": _task_hash(job.task), "task_source": job.task_source,
+        "label_fields": list(job.task.field_order), "mode": cfg.mode,
+        "input": str(cfg.input), "columns": cfg.columns, "input_fingerprint": job.input_fingerprint,
+        "threshold": job.threshold,
+        "few_shot": job.few_shot.summary() if job.few_shot is not None else None,
+        "example": cfg.example, "max_tokens": cfg.max_tokens_for(job.task), "adnanny_serve": __version__,
+    }
+    _atomic_write_json(manifest, out.with_name(out.name + ".manifest.json"))
+    _fsync_publish(tmp, out)
+    shutil.rmtree(job.parts)
+    return manifest
 
 
 def label_file(cfg: LabelConfig, engine: Any | None = None,
@@ -332,42 +672,39 @@ def label_file(cfg: LabelConfig, engine: Any | None = None,
     ``on_chunk(k)`` is called after chunk ``k`` is safely on disk (tests use it to kill a run midway).
     """
     t0 = time.perf_counter()
-    task, rows, parts, todo = plan(cfg)
-    n_chunks = (len(rows) + cfg.chunk_size - 1) // cfg.chunk_size
+    job = plan(cfg)
+    todo = _todo(job)
     done_rows = 0
     if cfg.executor == "ray":
         from adnanny_serve.ray_executor import run_chunks_on_ray
 
-        done_rows = run_chunks_on_ray(cfg, rows, parts, todo)
+        done_rows = run_chunks_on_ray(job, todo)
     elif todo:
         from tqdm.auto import tqdm
 
         if engine is None:
-            from adnanny_serve.engines import load_engine
-
-            engine = load_engine(cfg.model, engine=cfg.engine, device=cfg.device, dtype=cfg.dtype,
-                                 batch_size=cfg.batch_size)
-        remaining = sum(len(rows[k * cfg.chunk_size:(k + 1) * cfg.chunk_size]) for k in todo)
-        with tqdm(total=remaining, unit="sample", desc=f"label {cfg.task}/{cfg.mode}", disable=not cfg.progress,
-                  dynamic_ncols=True) as bar:
-            for k in todo:
-                chunk = rows[k * cfg.chunk_size:(k + 1) * cfg.chunk_size]
-                recs = label_rows(engine, task, chunk, mode=cfg.mode, max_tokens=cfg.resolved_max_tokens,
-                                  top_logprobs=cfg.top_logprobs, example=cfg.example)
-                write_chunk(recs, task, chunk_path(parts, k))
+            engine = job.load_engine()
+        builder = job.builder(engine)
+        pending = set(todo)
+        remaining = sum(min(cfg.chunk_size, job.rows - k * cfg.chunk_size) for k in todo)
+        with tqdm(total=remaining, unit="sample", desc=f"label {job.task.name}/{cfg.mode}",
+                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+            for k, chunk in enumerate(job.chunks()):
+                if k not in pending:
+                    continue  # finished by an earlier run: read past it, never redo it
+                job.label_chunk(engine, builder, k, chunk)
                 done_rows += len(chunk)
                 bar.update(len(chunk))
                 bar.set_postfix(samples_per_s=f"{done_rows / max(time.perf_counter() - t0, 1e-9):.2f}")
                 if on_chunk is not None:
                     on_chunk(k)
-    df = finalize(task, rows, parts, Path(cfg.out), n_chunks)
+    man = finalize(job, Path(cfg.out))
     dt = time.perf_counter() - t0
-    n = df.height
     return LabelStats(
-        out=str(cfg.out), rows=n, rows_done_now=done_rows, chunks_skipped=n_chunks - len(todo),
-        parse_errors=int(df["parse_error"].is_not_null().sum()), seconds=dt,
-        samples_per_s=done_rows / dt if dt > 0 else 0.0,
-        avg_prompt_tokens=float(df["prompt_tokens"].mean() or 0.0),
-        avg_completion_tokens=float(df["completion_tokens"].mean() or 0.0),
-        extra={"config": asdict(cfg)},
+        out=str(cfg.out), rows=man["rows"], rows_done_now=done_rows, chunks_skipped=job.n_chunks - len(todo),
+        parse_errors=man["parse_errors"], seconds=dt, samples_per_s=done_rows / dt if dt > 0 else 0.0,
+        avg_prompt_tokens=man["avg_prompt_tokens"], avg_completion_tokens=man["avg_completion_tokens"],
+        truncated_rows=man["truncated_rows"], manifest=str(Path(cfg.out).with_name(Path(cfg.out).name +
+                                                                                     ".manifest.json")),
+        threshold=job.threshold["value"], extra={"config": asdict(cfg), "manifest": man},
     )
