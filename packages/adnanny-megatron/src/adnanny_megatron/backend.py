@@ -165,7 +165,10 @@ class MegatronBackend:
         local = b // self.dp_size
         return self.dp_rank * local, local, local // mbs
 
-    def _run(self, batch: Batch, *, forward_only: bool, nll: bool) -> torch.Tensor:
+    def _run(self, batch: Batch, *, forward_only: bool, nll: bool, kind: str = "sft",
+             loss_fn: Any = None) -> torch.Tensor:
+        """One pipeline pass. `kind`: "sft" (eq. 1 sums, or token means with `nll`), "logprobs" (per-token
+        log-probabilities [B, T]) or "custom" (the caller's `loss_fn` over per-token log-probabilities)."""
         import torch
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -188,6 +191,7 @@ class MegatronBackend:
             return {
                 "ids": ids[sl].to(dev), "labels": labels[sl].to(dev), "pos": pos[sl].to(dev),
                 "attn": attn[sl].to(dev), "mask": lmask[sl].to(dev), "w": weights[sl].to(dev),
+                "rows": torch.arange(start + i * mbs, start + (i + 1) * mbs, device=dev),
             }
 
         data = iter([micro(i) for i in range(n_micro)])
@@ -198,6 +202,15 @@ class MegatronBackend:
 
             def loss_func(per_token: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 per_token = per_token.float()
+                if kind != "sft":
+                    # logp aligned like loss_mask: position t holds log p(token t | < t) = -CE at t-1
+                    logp = torch.zeros_like(per_token)
+                    logp[:, 1:] = torch.where(mb["mask"][:, :-1] != 0, -per_token[:, :-1],
+                                              torch.zeros_like(per_token[:, :-1]))
+                    if kind == "logprobs":
+                        return logp.sum() * 0.0, {"per_sample": logp.detach()}
+                    value = loss_fn(logp, mb["rows"])
+                    return value * scale, {"per_sample": value.detach().reshape(1)}
                 summed = (per_token * mb["mask"]).sum(dim=1)  # [mbs] eq. 1
                 if nll:
                     value = summed / mb["mask"].sum(dim=1)
@@ -222,11 +235,13 @@ class MegatronBackend:
                 micro_batch_size=mbs,
                 forward_only=forward_only,
             )
+        shape: tuple[int, ...] = {"sft": (local,), "logprobs": (local, t), "custom": (n_micro,)}[kind]
         if ps.is_pipeline_last_stage():
             local_vals = torch.cat([d["per_sample"].float() for d in store]).to(dev)
         else:
-            local_vals = torch.zeros(local, dtype=torch.float32, device=dev)
-        return self._gather(local_vals, batch.size)
+            local_vals = torch.zeros(shape, dtype=torch.float32, device=dev)
+        total = {"sft": batch.size, "logprobs": batch.size * t, "custom": n_micro * self.dp_size}[kind]
+        return self._gather(local_vals, total)
 
     def _gather(self, local_vals: torch.Tensor, total: int) -> torch.Tensor:
         import torch
@@ -257,6 +272,19 @@ class MegatronBackend:
 
         with torch.no_grad():
             return self._run(batch, forward_only=True, nll=True)
+
+    def token_logprobs(self, batch: Batch) -> torch.Tensor:
+        """Per-token log p of the batch's tokens where loss_mask != 0 ([B, T], 0 elsewhere); no gradient."""
+        import torch
+
+        with torch.no_grad():
+            return self._run(batch, forward_only=True, nll=False, kind="logprobs")
+
+    def forward_backward_fn(self, batch: Batch, loss_fn: Any) -> float:
+        """Forward+backward of ``loss_fn(logp, rows)`` per data-parallel slice and micro-batch (it must be a sum
+        over rows, see adnanny-sft's protocol); the schedule's 1/n_micro and DDP's 1/dp are cancelled as for
+        ``forward_backward``. Returns the sum of the callback's values over the whole batch on every rank."""
+        return float(self._run(batch, forward_only=False, nll=False, kind="custom", loss_fn=loss_fn).sum())
 
     def optimizer_step(self) -> dict[str, float]:
         """Reduce grads once, clip, step (skipping non-finite updates), advance the LR schedule."""

@@ -20,6 +20,13 @@ check them against a reference computed from the logits):
   (λ_t, w_{t,i}, the 1/N of the expectation, a 1/tokens normaliser) into ``sample_weights``.
 * **Return values are detached float32 CPU tensors of shape [B]**, so the loop can log per-task losses and
   estimate perplexities without touching devices.
+* **Custom objectives (RL).** ``token_logprobs`` returns ``log p(input_ids[b, t] | input_ids[b, <t])`` at every
+  position where ``loss_mask[b, t] != 0`` (0 elsewhere), same alignment as the loss; ``forward_backward_fn``
+  hands the same quantity *with gradient* to a caller's ``loss_fn(logp, rows)`` and accumulates the gradient of
+  the sum of its values. A backend may split the batch (data-parallel slices, micro-batches): it then calls
+  ``loss_fn`` once per piece with ``rows`` = the batch indices of that piece, so ``loss_fn`` must be a *sum over
+  rows* (a mean over the whole batch is written with weights computed over the whole batch). GRPO's loss is
+  written once in adnanny-rl on top of these two methods.
 * **Non-finite updates are never applied.** If the accumulated gradient's norm is NaN/inf,
   ``optimizer_step`` zeroes the gradients, leaves parameters, optimizer and scheduler untouched, and
   reports ``{"grad_norm": nan-or-inf, "skipped": 1.0}``; the loop then stops with a clear error.
@@ -27,6 +34,7 @@ check them against a reference computed from the logits):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -132,6 +140,18 @@ class TrainingBackend(Protocol):
         No gradient, eval mode, parameters untouched; ``sample_weights`` ignored. A sample with no target
         token returns NaN (its perplexity is undefined) rather than a made-up number.
         """
+        ...
+
+    def token_logprobs(self, batch: Batch) -> torch.Tensor:
+        """Per-token log-probabilities ``[B, T]`` (float32, CPU) of the batch's own tokens where ``loss_mask`` is
+        non-zero, 0 elsewhere; no gradient, eval mode, parameters untouched (old-policy and reference terms)."""
+        ...
+
+    def forward_backward_fn(self, batch: Batch,
+                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        """Forward + backward of a caller-defined objective: ``loss_fn(logp [b, T] with grad, rows [b] int64)``
+        returns a scalar that is a sum over its rows; its gradient is accumulated like ``forward_backward``'s.
+        Returns the sum of the ``loss_fn`` values (float)."""
         ...
 
     def optimizer_step(self) -> dict[str, float]:

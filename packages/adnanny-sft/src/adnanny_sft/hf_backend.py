@@ -180,6 +180,29 @@ class HFBackend:
             self.model.train(was_training)
         return mean.to(torch.float32).cpu()
 
+    def token_logprobs(self, batch: Batch) -> torch.Tensor:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self._token_logprobs(batch.to(self.device))
+        finally:
+            self.model.train(was_training)
+        return out.to(torch.float32).cpu()
+
+    def forward_backward_fn(self, batch: Batch, loss_fn: Any) -> float:
+        import torch
+
+        self.model.train()
+        b = batch.to(self.device)
+        logp = self._token_logprobs(b)  # [B, T] with grad
+        loss = loss_fn(logp, torch.arange(b.size, device=logp.device))
+        if loss.requires_grad:
+            loss.backward()
+        return float(loss.detach())
+
     def optimizer_step(self) -> dict[str, float]:
         import torch
 
@@ -294,6 +317,27 @@ class HFBackend:
         losses = torch.zeros(b.input_ids.shape[0], dtype=nll.dtype, device=nll.device)
         losses = losses.index_add(0, rows[0], nll)
         return losses, counts
+
+
+    def _token_logprobs(self, b: Batch) -> torch.Tensor:
+        """``[B, T]`` log p(token t | < t) on positions with a non-zero loss mask (0 elsewhere)."""
+        import torch
+
+        attn = b.attention_mask.long()
+        position_ids = (attn.cumsum(dim=1) - 1).clamp_min(0)  # [B, T]
+        sel = b.loss_mask[:, 1:] != 0  # [B, T-1]: predicting token t from position t-1
+        rows = torch.nonzero(sel, as_tuple=True)
+        if self.selective_head:
+            hidden = self.model.get_decoder()(input_ids=b.input_ids, attention_mask=attn, position_ids=position_ids,
+                                              use_cache=False).last_hidden_state  # [B, T, H]
+            logits = self.model.get_output_embeddings()(hidden[:, :-1, :][rows]).float()  # [N, V]
+        else:
+            out = self.model(input_ids=b.input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+            logits = out.logits[:, :-1, :][rows].float()  # [N, V]
+        targets = b.input_ids[:, 1:][rows]  # [N]
+        lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]  # [N]
+        full = torch.zeros(b.input_ids.shape, dtype=lp.dtype, device=lp.device)  # [B, T]
+        return full.index_put((rows[0], rows[1] + 1), lp)
 
 
 def _atomic(path: Path, write: Any) -> None:

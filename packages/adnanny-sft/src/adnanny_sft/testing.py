@@ -140,6 +140,47 @@ class TrainingBackendConformance:
         be.forward_backward(make_batch(self.vocab_size))  # gradients were zeroed: training goes on
         assert be.optimizer_step()["skipped"] == 0.0
 
+    # -- the custom-objective extension (RL) -------------------------------------------------------
+    def test_token_logprobs_match_the_loss(self) -> None:
+        """Σ_t token_logprobs = −ℓ_b; zero off the mask; no gradient and parameters untouched."""
+        import torch
+
+        be = self.make_backend()
+        batch = make_batch(self.vocab_size)
+        probe = be.per_sample_nll(batch)
+        lp = be.token_logprobs(batch)
+        assert tuple(lp.shape) == tuple(batch.input_ids.shape) and lp.dtype == torch.float32
+        assert not lp.requires_grad and lp.device.type == "cpu"
+        off = batch.loss_mask == 0
+        assert bool((lp[off] == 0).all()) and bool((lp[~off] <= 0).all())
+        counts = (batch.loss_mask[:, 1:] != 0).sum(dim=1).float()
+        assert self._close(-lp.sum(dim=1), probe * counts)
+        assert self._close(be.per_sample_nll(batch), probe)
+
+    def test_forward_backward_fn_equals_forward_backward(self) -> None:
+        """A callback loss −Σ w_b Σ_t logp equals the SFT objective: same update, rows cover the batch once."""
+        import torch
+
+        w = [0.5, 2.0, 1.0]
+        a, b = self.make_backend(), self.make_backend()
+        batch = make_batch(self.vocab_size, weights=w)
+        a.forward_backward(batch)
+        seen: list[int] = []
+        wt = torch.tensor(w)
+
+        def loss_fn(logp: Any, rows: Any) -> Any:
+            seen.extend(int(r) for r in rows)
+            return -(logp.sum(dim=1) * wt[rows.cpu()].to(logp)).sum()
+
+        value = b.forward_backward_fn(batch, loss_fn)
+        assert sorted(seen) == [0, 1, 2]
+        ref = float((a.per_sample_nll(batch) * (batch.loss_mask[:, 1:] != 0).sum(dim=1) * wt).sum())
+        assert math.isclose(value, ref, rel_tol=1e-4, abs_tol=self.atol)
+        sa, sb = a.optimizer_step(), b.optimizer_step()
+        assert math.isclose(sa["grad_norm"], sb["grad_norm"], rel_tol=1e-4)
+        probe = make_batch(self.vocab_size, seed=1)
+        assert self._close(a.per_sample_nll(probe), b.per_sample_nll(probe))
+
     def test_save_load_continues_exactly(self) -> None:
         import torch
 

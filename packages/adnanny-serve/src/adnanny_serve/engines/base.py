@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from adnanny_serve.errors import ConfigError
 
@@ -135,6 +135,11 @@ class Engine(Protocol):
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         """Decoded text of each token (for locating a label value among the generated tokens)."""
+        ...
+
+    def load_weights(self, weights: Any = None) -> None:
+        """Install new weights (``(name, tensor)`` pairs or a mapping; ``None`` = already updated in place) and
+        invalidate every cached prefix, which would otherwise serve KV computed by the old weights."""
         ...
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[LogLikelihood]:

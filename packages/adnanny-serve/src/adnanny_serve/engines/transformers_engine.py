@@ -99,6 +99,7 @@ class TransformersEngine:
         self.min_prefix_tokens = min_prefix_tokens
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_cache: Any = None
+        self.weights_version = 0  # bumped by load_weights: anything cached under an older version is stale
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -112,6 +113,36 @@ class TransformersEngine:
             if tid is not None:
                 self.eos_ids.add(int(tid))
         self.model_name = str(getattr(model.config, "_name_or_path", "") or "model")
+
+    # ------------------------------------------------------------------ weight updates (RL)
+    def load_weights(self, weights: Any = None) -> None:
+        """Take new weights and drop every cached prefix KV (stale after any change of weights).
+
+        ``weights``: a mapping or iterable of ``(name, tensor)`` in the model's own ``state_dict`` names, copied
+        in; ``None`` when the parameters were already updated in place — on CPU, RL runs this engine on the
+        policy's own module, so the update is free and only the caches must go. Unknown names or wrong shapes
+        are refused by name before anything is copied.
+        """
+        import torch
+
+        if weights is not None:
+            items = list(weights.items() if hasattr(weights, "items") else weights)
+            own = self.model.state_dict()
+            unknown = [n for n, _ in items if n not in own]
+            if unknown:
+                raise EngineError(f"`load_weights`: {len(unknown)} unknown tensor names, e.g. {unknown[:3]}; "
+                                  f"expected the model's state_dict names such as {next(iter(own))!r}.")
+            bad = [(n, tuple(t.shape), tuple(own[n].shape)) for n, t in items
+                   if tuple(t.shape) != tuple(own[n].shape)]
+            if bad:
+                raise EngineError(f"`load_weights`: tensor `{bad[0][0]}` has shape {bad[0][1]}, the model expects "
+                                  f"{bad[0][2]}.")
+            with torch.no_grad():
+                for n, t in items:
+                    own[n].copy_(t.to(device=own[n].device, dtype=own[n].dtype))
+        self._prefix_ids, self._prefix_cache = (), None
+        self.model.eval()
+        self.weights_version += 1
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -22,7 +22,7 @@ from adnanny_serve.engines.base import Generation, LogLikelihood, SamplingParams
 from adnanny_serve.errors import EngineError
 
 __all__ = ["VLLMEngine", "from_vllm_output", "from_vllm_prompt_logprobs", "to_vllm_prompt_request",
-           "to_vllm_sampling_kwargs"]
+           "to_vllm_sampling_kwargs", "to_vllm_weight_items"]
 
 
 def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
@@ -111,6 +111,32 @@ def from_vllm_prompt_logprobs(output: Any, *, n_context: int, continuation: list
     return LogLikelihood(logprob=total, is_greedy=greedy, n_tokens=len(continuation))
 
 
+_WRAPPER_PREFIXES = ("base_model.model.", "_orig_mod.", "module.")
+
+
+def to_vllm_weight_items(weights: Any) -> list[tuple[str, Any]]:
+    """``(name, tensor)`` pairs in the HF checkpoint names vLLM's ``load_weights`` expects.
+
+    A policy trained with peft/torch.compile/DDP carries wrapper prefixes (``base_model.model.``,
+    ``_orig_mod.``, ``module.``) that vLLM's loader does not know; LoRA adapter tensors are refused (merge the
+    adapter first: vLLM loads plain weights) rather than silently ignored.
+    """
+    items = list(weights.items() if hasattr(weights, "items") else weights)
+    out = []
+    for name, t in items:
+        if ".lora_A." in name or ".lora_B." in name:
+            raise EngineError(f"`load_weights`: `{name}` is a LoRA adapter tensor; merge the adapter "
+                              f"(merge_and_unload) before sending weights to vLLM.")
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if name.startswith(p):
+                    name, changed = name[len(p):], True
+        out.append((name.replace(".base_layer.", "."), t))
+    return out
+
+
 class VLLMEngine:
     """The engine contract on ``vllm.LLM`` (one process, tensor parallel inside vLLM)."""
 
@@ -136,6 +162,19 @@ class VLLMEngine:
 
     def token_strings(self, token_ids: list[int]) -> list[str]:  # pragma: no cover
         return [self.tokenizer.decode([t], skip_special_tokens=False) for t in token_ids]
+
+    def load_weights(self, weights: Any = None) -> None:  # pragma: no cover - needs vLLM on a GPU
+        """Load new weights into the running model, then reset vLLM's prefix cache (stale otherwise)."""
+        if weights is not None:
+            items = to_vllm_weight_items(weights)
+            engine = self.llm.llm_engine
+            executor = getattr(engine, "model_executor", None)
+            worker = getattr(executor, "driver_worker", None)
+            if worker is not None:  # in-process engine: load straight into the model
+                worker.model_runner.model.load_weights(items)
+            else:  # multiprocess engine: every worker loads the same tensors
+                self.llm.collective_rpc(lambda w: w.model_runner.model.load_weights(items))
+        self.llm.reset_prefix_cache()
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[LogLikelihood]:  # pragma: no cover
         enc = lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
