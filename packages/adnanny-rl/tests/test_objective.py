@@ -98,3 +98,22 @@ def test_kl_term_adds_beta_times_the_estimator() -> None:
     assert out.kl == pytest.approx((0.125 + 0.5) / 2)
     with pytest.raises(RLConfigError, match="reference"):
         grpo_loss(logp, logp.detach(), None, torch.tensor([0.0]), mask, beta=0.1)
+
+
+def test_micro_batches_add_up_to_the_full_batch() -> None:
+    from adnanny_rl.objective import aggregation_weights
+
+    g = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(6, 5, generator=g)).requires_grad_(True)
+    old = logp.detach() + 0.05 * torch.randn(6, 5, generator=g)
+    ref = logp.detach() - 0.1
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0],
+                         [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    adv = torch.randn(6, generator=g)
+    for mode in ("seq-mean-token-mean", "token-mean", "token-sum-norm"):
+        kw = {"aggregation": mode, "normalizer": 30.0, "beta": 0.1}
+        full = grpo_loss(logp, old, ref, adv, mask, **kw).loss
+        w = aggregation_weights(mask, mode, normalizer=30.0)
+        parts = sum(grpo_loss(logp[i:i + 2], old[i:i + 2], ref[i:i + 2], adv[i:i + 2], mask[i:i + 2],
+                              token_weights=w[i:i + 2], **kw).loss for i in (0, 2, 4))
+        assert float(parts.detach()) == pytest.approx(float(full.detach()), rel=1e-6), mode

@@ -31,8 +31,8 @@ import torch
 
 from adnanny_rl.errors import RLConfigError
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "GRPOLossOutput", "aggregate", "group_advantages", "grpo_loss",
-           "kl_per_token", "zero_advantage_share"]
+__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "GRPOLossOutput", "aggregate", "aggregation_weights", "group_advantages",
+           "grpo_loss", "kl_per_token", "zero_advantage_share"]
 
 KLEstimator = Literal["k1", "k2", "k3"]
 Aggregation = Literal["seq-mean-token-mean", "token-mean", "token-sum-norm"]
@@ -76,21 +76,32 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k
     raise RLConfigError(f"`kl_estimator` must be one of {list(KL_ESTIMATORS)}, got {estimator!r}")
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean", *,
-              normalizer: float | None = None) -> torch.Tensor:
-    """Reduce ``[N, T]`` per-token values over the completion tokens in ``mask`` to a scalar (see module doc)."""
-    m = mask.to(per_token.dtype)
+def aggregation_weights(mask: torch.Tensor, mode: str = "seq-mean-token-mean", *,
+                        normalizer: float | None = None) -> torch.Tensor:
+    """``[N, T]`` token weights with ``aggregate(v) = Σ v·w``, computed over the WHOLE rollout batch.
+
+    Computing them once and slicing rows per micro-batch makes gradient accumulation exact: the sum of the
+    micro-batches' losses equals the loss of the full batch for every aggregation (a per-micro-batch mean
+    would weigh a short micro-batch's tokens more).
+    """
+    m = mask.to(torch.float32)
     if mode == "seq-mean-token-mean":
-        per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)   # [N]
-        return per_seq.mean()
+        return m / m.sum(dim=1, keepdim=True).clamp(min=1.0) / max(m.shape[0], 1)
     if mode == "token-mean":
-        return (per_token * m).sum() / m.sum().clamp(min=1.0)
+        return m / m.sum().clamp(min=1.0)
     if mode == "token-sum-norm":
         if normalizer is None or normalizer <= 0:
             raise RLConfigError(f"`loss_aggregation` 'token-sum-norm' needs a positive `normalizer`, got "
                                 f"{normalizer!r}")
-        return (per_token * m).sum() / normalizer
+        return m / normalizer
     raise RLConfigError(f"`loss_aggregation` must be one of {list(AGGREGATIONS)}, got {mode!r}")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean", *,
+              normalizer: float | None = None) -> torch.Tensor:
+    """Reduce ``[N, T]`` per-token values over the completion tokens in ``mask`` to a scalar (see module doc)."""
+    w = aggregation_weights(mask, mode, normalizer=normalizer).to(per_token.dtype)
+    return (per_token * w).sum()
 
 
 @dataclass(frozen=True)
@@ -107,18 +118,22 @@ class GRPOLossOutput:
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, *, beta: float = 0.04, clip_low: float = 0.2,
               clip_high: float = 0.2, kl_estimator: str = "k3", aggregation: str = "seq-mean-token-mean",
-              normalizer: float | None = None) -> GRPOLossOutput:
+              normalizer: float | None = None, token_weights: torch.Tensor | None = None) -> GRPOLossOutput:
     """The GRPO loss to *minimise*: ``−agg(min(ρA, clip(ρ)A) − β·KL)``.
 
     ``logp`` ``[N, T]`` carries the gradient (current parameters); ``old_logp`` (the policy that sampled, μ > 1
     makes it stale) and ``ref_logp`` (frozen reference; None when β = 0) are treated as constants.
     ``advantages`` is ``[N]`` (one per completion, broadcast over its tokens) or ``[N, T]``.
+    ``token_weights`` (from `aggregation_weights` over the whole rollout batch, sliced to these rows) replaces
+    the aggregation computed from ``mask`` alone, so micro-batches add up exactly.
     """
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
         raise RLConfigError(f"`logp` {tuple(logp.shape)}, `old_logp` {tuple(old_logp.shape)} and `mask` "
                             f"{tuple(mask.shape)} must have one shape")
     if beta < 0 or clip_low < 0 or clip_high < 0:
         raise RLConfigError(f"`beta`, `clip_low`, `clip_high` must be >= 0, got {beta}, {clip_low}, {clip_high}")
+    w = (token_weights if token_weights is not None
+         else aggregation_weights(mask, aggregation, normalizer=normalizer)).to(logp.dtype)
     adv = advantages.to(logp.dtype)
     if adv.dim() == 1:
         adv = adv[:, None]                                           # [N, 1] -> broadcast over T
@@ -132,17 +147,16 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
             raise RLConfigError("`beta` > 0 needs reference log-probabilities (`ref_logp`)")
         kl_tok = kl_per_token(logp, ref_logp.detach(), kl_estimator)
         per_token = per_token + beta * kl_tok
-        kl_value = float(aggregate(kl_tok.detach(), mask, aggregation, normalizer=normalizer))
+        kl_value = float((kl_tok.detach() * w).sum())
     elif ref_logp is not None:
-        kl_value = float(aggregate(kl_per_token(logp.detach(), ref_logp, kl_estimator), mask, aggregation,
-                                   normalizer=normalizer))
-    loss = aggregate(per_token, mask, aggregation, normalizer=normalizer)
+        kl_value = float((kl_per_token(logp.detach(), ref_logp, kl_estimator) * w).sum())
+    loss = (per_token * w).sum()
     m = mask.to(torch.bool)
     with torch.no_grad():
         is_clipped = ((ratio < 1.0 - clip_low) & (adv < 0)) | ((ratio > 1.0 + clip_high) & (adv > 0))
         n_tok = max(int(m.sum()), 1)
         clip_fraction = float((is_clipped & m).sum()) / n_tok
         ratio_mean = float((ratio * m).sum()) / n_tok
-        policy = float(aggregate(-surrogate.detach(), mask, aggregation, normalizer=normalizer))
+        policy = float((-surrogate.detach() * w).sum())
     return GRPOLossOutput(loss=loss, policy_loss=policy, kl=kl_value, clip_fraction=clip_fraction,
                           ratio_mean=ratio_mean)
