@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_flags(tp, "the decision, counts, categories and checks", "gate.md/.json")
     tp.set_defaults(func=_cmd_gate)
+
+    from adnanny_eval.bench.cli import add_bench_parser  # `bench` verb ([bench] extra); heavy imports stay lazy
+
+    add_bench_parser(sub)
     return parser
 
 
