@@ -90,6 +90,7 @@ def test_chunks_are_streamed_not_read_whole(tiny_fp8, tiny_engine, query_ad_rows
     assert batches == [3, 3, 3, 1]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_resumes_without_loss_or_duplicates(tiny_fp8, query_ad_rows, tmp_path) -> None:
     inp = tmp_path / "in.jsonl"
     rows = query_ad_rows.head(16).select("id", *QA.input_fields)
@@ -125,18 +126,18 @@ def test_kill_9_mid_run_resumes_without_loss_or_duplicates(tiny_fp8, query_ad_ro
 def test_truncation_keeps_prompts_within_budget_and_counts_rows(tiny_fp8, tiny_engine, query_ad_rows,
                                                                 tmp_path) -> None:
     rows = query_ad_rows.head(8).select("id", *QA.input_fields)
-    long_desc = "waterproof breathable trail running jacket with taped seams " * 60
+    long_desc = "waterproof breathable trail running jacket with taped seams " * 20
     rows = rows.with_columns(pl.when(pl.int_range(pl.len()) % 2 == 0).then(pl.lit(long_desc))
                              .otherwise(pl.col("ad_description")).alias("ad_description"))
     inp = tmp_path / "in.parquet"
     rows.write_parquet(inp)
     full = tmp_path / "full.parquet"
-    label_file(_cfg(tiny_fp8, inp, full), engine=tiny_engine)
+    label_file(_cfg(tiny_fp8, inp, full, max_tokens=2), engine=tiny_engine)
     short_tokens = pl.read_parquet(full).filter(pl.int_range(pl.len()) % 2 == 1)["prompt_tokens"]
     budget = int(short_tokens.max()) + 40
-    assert int(pl.read_parquet(full)["prompt_tokens"].max()) > 2 * budget  # the long rows really are over
+    assert int(pl.read_parquet(full)["prompt_tokens"].max()) > budget + 100  # the long rows really are over
     out = tmp_path / "cut.parquet"
-    stats = label_file(_cfg(tiny_fp8, inp, out, max_input_tokens=budget), engine=tiny_engine)
+    stats = label_file(_cfg(tiny_fp8, inp, out, max_input_tokens=budget, max_tokens=2), engine=tiny_engine)
     df = pl.read_parquet(out)
     assert (df["prompt_tokens"] <= budget).all(), df["prompt_tokens"].to_list()
     assert df["input_truncated"].to_list() == [True, False] * 4
