@@ -199,7 +199,19 @@ def evaluate(engine: Any, tasks: list[TaskRuntime], n: int, max_tokens: int, max
 
 # ------------------------------------------------------------------------------------------ the loop
 def main(cfg: RLConfig) -> dict[str, Any]:
-    """Run (or resume) a GRPO run; returns the summary also written to `output_dir/summary.json`."""
+    """Run (or resume) a GRPO run; returns the summary also written to `output_dir/summary.json`.
+
+    The output folder is locked for the run: a second `adnanny-rl train` on it is refused, naming this one."""
+    from adnanny_cook.lock import FolderLock, FolderLockedError
+
+    try:
+        with FolderLock(cfg.output_dir, "adnanny-rl train"):
+            return _run(cfg)
+    except FolderLockedError as e:
+        raise RLConfigError(str(e)) from None
+
+
+def _run(cfg: RLConfig) -> dict[str, Any]:
     import torch
 
     from adnanny_ckpt.models import resolve_model
