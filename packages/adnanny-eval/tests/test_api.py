@@ -8,6 +8,7 @@ import sys
 import adnanny_eval
 
 EXPECTED_ALL = {
+    "PARSE_ERROR_MODES",
     "VIEWS",
     "VIEW_NAMES",
     "AdNannyEvalError",
@@ -24,6 +25,7 @@ EXPECTED_ALL = {
     "LabelError",
     "QueryGenMetrics",
     "RegressionTable",
+    "ScoreSourceWarning",
     "View",
     "__version__",
     "balanced_accuracy",
@@ -31,6 +33,7 @@ EXPECTED_ALL = {
     "compare_dataset",
     "compare_tables",
     "confusion_counts",
+    "defect_view",
     "encode_labels",
     "evaluate",
     "evaluate_files",

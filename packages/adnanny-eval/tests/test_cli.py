@@ -12,6 +12,8 @@ import polars as pl
 import pytest
 
 PAPER_KEYS_DR = {"DR", "Model DR", "BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1"}
+# Beside the metrics: counts, the parse-error rate and mode, and where AUC's score came from.
+SIDE_KEYS = {"n", "n_defect", "n_parse_errors", "parse_error_rate", "n_dropped", "parse_errors", "auc_source"}
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -77,7 +79,9 @@ def test_report_json_has_exactly_the_paper_keys(demo_dir):
         "--json",
     )
     obj = json.loads(proc.stdout)
-    assert set(obj) == PAPER_KEYS_DR | {"n", "n_defect"}
+    assert set(obj) == PAPER_KEYS_DR | SIDE_KEYS
+    assert obj["parse_errors"] == "wrong" and obj["n_parse_errors"] == 0 and obj["parse_error_rate"] == 0.0
+    assert obj["auc_source"] is None  # the demo's query-ad files carry `p_non_defect`, not `score`
     assert obj["n"] == 1500 and 0 < obj["n_defect"] < 1500 and 0 <= obj["BACC"] <= 100
 
 
@@ -108,9 +112,8 @@ def test_report_ad_user_keys_with_auc_and_cross_check_library(demo_dir):
         "PosF1",
         "NegF1",
         "AUC",
-        "n",
-        "n_defect",
-    }
+    } | SIDE_KEYS
+    assert obj["auc_source"] == "score"
     lib = evaluate_files(d / "gold.parquet", d / "candidate.parquet", "ad-user")
     assert obj["BACC"] == pytest.approx(lib.bacc * 100) and obj["AUC"] == pytest.approx(lib.auc * 100)
 
@@ -141,7 +144,8 @@ def test_report_columns_csv_jsonl_and_baseline(tmp_path, demo_dir):
         str(tmp_path / "r"),
     )
     obj = json.loads(proc.stdout)
-    assert set(obj) == {"candidate", "baseline", "delta", "bootstrap"}
+    assert set(obj) == {"candidate", "baseline", "delta", "bootstrap", "parse_errors", "auc_source"}
+    assert obj["auc_source"] == {"candidate": "p_non_defect", "baseline": "p_non_defect"}
     assert "AUC" in obj["candidate"] and obj["bootstrap"]["n_resamples"] == 1000
     assert obj["delta"]["BACC"] == pytest.approx(obj["candidate"]["BACC"] - obj["baseline"]["BACC"])
     assert (tmp_path / "r" / "bacc.png").is_file() and (tmp_path / "r" / "report.md").is_file()

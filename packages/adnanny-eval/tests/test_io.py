@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from adnanny_eval import InputFileError, JoinError, evaluate_files, join_on_id, read_table
+from adnanny_eval.errors import ScoreSourceWarning
 from adnanny_eval.io import atomic_write_text
 
 
@@ -42,8 +43,11 @@ def test_formats_round_trip_and_join_reorders(tmp_path, frames, ext):
     # aligned on id: a bad->good (fn for defect), b good->good, c fair->bad, d bad->bad
     assert (m.counts.tp, m.counts.fn, m.counts.fp, m.counts.tn) == (1, 1, 1, 1)
     assert m.auc == 0.75  # non-defect b (0.9), c (0.2) vs defect a (0.6), d (0.1)
-    loc = evaluate_files(gp, pp, "location", gold_col="location_label", pred_col="location_label")
-    assert loc.n_defect == 1 and loc.counts.tn == 1
+    # the location view reads `location_label` by default; `score` is the label field's score, so AUC is
+    # left out with a warning that names it rather than reporting the wrong column's AUC
+    with pytest.warns(ScoreSourceWarning, match=r"`score` is P\(non-defect\) of the primary label field"):
+        loc = evaluate_files(gp, pp, "location")
+    assert loc.n_defect == 1 and loc.counts.tn == 1 and loc.auc is None
 
 
 def test_int_ids_join_string_ids(tmp_path):

@@ -178,5 +178,9 @@ def test_to_paper_keys_and_percent():
         "AUC",
         "n",
         "n_defect",
+        "n_parse_errors",
+        "parse_error_rate",
+        "n_dropped",
     ]
+    assert d["n_parse_errors"] == 0 and d["parse_error_rate"] == 0.0 and d["n_dropped"] == 0
     assert d["BACC"] == 75.0 and d["n"] == 4 and d["n_defect"] == 2 and d["AUC"] == 100.0

@@ -83,9 +83,11 @@ def test_many_unknown_ids_are_truncated_with_count():
         to_positive(["x"] * 15, "bad", ids=[f"i{k}" for k in range(15)])
 
 
-def test_missing_label_is_an_error_naming_ids():
-    with pytest.raises(LabelError, match=r"`pred label` is missing for 1 row\(s\) \(ids: 'b'\)"):
-        evaluate(["bad", "good"], ["bad", None], "bad", ids=["a", "b"])
+def test_missing_gold_label_is_an_error_naming_ids_but_a_missing_prediction_is_a_parse_error():
+    with pytest.raises(LabelError, match=r"`gold label` is missing for 1 row\(s\) \(ids: 'b'\)"):
+        evaluate(["bad", None], ["bad", "good"], "bad", ids=["a", "b"])
+    m = evaluate(["bad", "good", "good"], ["bad", None, "good"], "bad", ids=["a", "b", "c"])
+    assert m.n_parse_errors == 1 and m.counts.fn == 1  # gold good, unparsed -> flagged: a miss
 
 
 def test_unknown_view():

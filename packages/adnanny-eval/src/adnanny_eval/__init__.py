@@ -16,8 +16,9 @@ from adnanny_eval.errors import (
     InputFileError,
     JoinError,
     LabelError,
+    ScoreSourceWarning,
 )
-from adnanny_eval.evaluate import evaluate, evaluate_files
+from adnanny_eval.evaluate import PARSE_ERROR_MODES, evaluate, evaluate_files
 from adnanny_eval.gate import GateReport, GateRule, gate_report
 from adnanny_eval.io import join_on_id, read_table
 from adnanny_eval.metrics import (
@@ -31,9 +32,19 @@ from adnanny_eval.metrics import (
 from adnanny_eval.querygen import QueryGenMetrics, querygen_metrics, querygen_table
 from adnanny_eval.regression import RegressionTable, regression_table
 from adnanny_eval.report import ComparisonReport
-from adnanny_eval.views import VIEW_NAMES, VIEWS, View, encode_labels, get_view, normalize_label, to_positive
+from adnanny_eval.views import (
+    VIEW_NAMES,
+    VIEWS,
+    View,
+    defect_view,
+    encode_labels,
+    get_view,
+    normalize_label,
+    to_positive,
+)
 
 __all__ = [
+    "PARSE_ERROR_MODES",
     "VIEWS",
     "VIEW_NAMES",
     "AdNannyEvalError",
@@ -50,6 +61,7 @@ __all__ = [
     "LabelError",
     "QueryGenMetrics",
     "RegressionTable",
+    "ScoreSourceWarning",
     "View",
     "__version__",
     "balanced_accuracy",
@@ -57,6 +69,7 @@ __all__ = [
     "compare_dataset",
     "compare_tables",
     "confusion_counts",
+    "defect_view",
     "encode_labels",
     "evaluate",
     "evaluate_files",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adnanny_eval.errors import AdNannyEvalError, DegenerateMetricWarning
+from adnanny_eval.errors import AdNannyEvalError, DegenerateMetricWarning, ScoreSourceWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -42,7 +42,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from adnanny_eval.report import ComparisonReport
     from adnanny_eval.views import get_view
 
-    view = get_view(args.view)
+    view = get_view(
+        args.view, defect=args.defect, field=args.field, values=args.values, rate_name=args.rate_name
+    )
     name = args.name or Path(args.gold).stem
     comp = compare_tables(
         name,
@@ -54,6 +56,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         pred_col=args.pred_col,
         score_col=args.score_col,
         ignore_score=args.no_auc,
+        parse_errors=args.parse_errors,
         sources={"gold": str(args.gold), "candidate": str(args.pred), "baseline": str(args.baseline)},
         candidate_name=args.candidate_name,
         baseline_name=args.baseline_name,
@@ -61,6 +64,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         level=args.level,
     )
+    # Parse errors are stated on stderr too, so a script reading only the JSON's metrics still sees them.
+    n_dropped = comp.candidate.n_dropped
+    if comp.parse_errors == "drop" and n_dropped:
+        print(
+            f"adnanny-eval report: dropped {n_dropped} row(s) whose prediction did not parse "
+            f"(--parse-errors drop); metrics cover {comp.candidate.n} row(s)",
+            file=sys.stderr,
+        )
     report = ComparisonReport((comp,), title=f"adnanny-eval report: {name} ({view.name} view)")
     if args.out is not None:
         paths = report.write(args.out, chart=not args.no_chart)
@@ -68,8 +79,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     if args.json:
         cand = comp.candidate.to_paper(view.rate_name)
+        auc_source = comp.extra.get("auc_source", {})
         if comp.baseline is None:
-            _print_json(cand)
+            _print_json(
+                {**cand, "parse_errors": comp.parse_errors, "auc_source": auc_source.get("candidate")}
+            )
         else:
             _print_json(
                 {
@@ -77,6 +91,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
                     "baseline": comp.baseline.to_paper(view.rate_name),
                     "delta": comp.delta(),
                     "bootstrap": None if comp.ci is None else comp.ci.to_dict(),
+                    "parse_errors": comp.parse_errors,
+                    "auc_source": auc_source,
                 }
             )
     else:
@@ -225,7 +241,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--pred", required=True, type=Path, help="candidate predictions (`id`, `label`, optional `score`)"
     )
-    rp.add_argument("--view", required=True, help="bad | fair | location | quality | ad-user")
+    rp.add_argument(
+        "--view",
+        required=True,
+        help="bad | fair | location | quality | ad-user | defect (generic: with --defect VALUES [--field F])",
+    )
+    rp.add_argument(
+        "--defect",
+        help="comma-separated defect values of the generic view (e.g. bad,fair or 0); every other label "
+        "is a non-defect unless --values lists the field's values",
+    )
+    rp.add_argument(
+        "--field",
+        help="label field the view reads: the default of --gold-col/--pred-col and the `label_probs` key "
+        "(default: the view's field, `label` for the generic view)",
+    )
+    rp.add_argument(
+        "--values", help="generic view: every value of the field, comma-separated (others are errors)"
+    )
+    rp.add_argument(
+        "--rate-name", choices=("DR", "RR"), help="generic view: name of the defect rate (default DR)"
+    )
+    rp.add_argument(
+        "--parse-errors",
+        choices=("wrong", "drop"),
+        default="wrong",
+        help="rows whose prediction has `parse_error` set or no label: wrong (default) = a miss of its gold "
+        "class (Model DR then depends on gold); drop = removed from gold and every model. The parse-error "
+        "rate is reported either way",
+    )
     rp.add_argument(
         "--baseline", type=Path, help="baseline predictions: adds baseline and Delta rows + paired CIs"
     )
@@ -236,11 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         "with --baseline: {candidate, baseline, delta, bootstrap}",
     )
     rp.add_argument("--out", type=Path, help="also write report.md/.csv/.json and bacc.png into this folder")
-    rp.add_argument("--gold-col", default="label", help="gold label column (default: label)")
-    rp.add_argument("--pred-col", default="label", help="predicted label column (default: label)")
+    rp.add_argument("--gold-col", help="gold label column (default: the view's field)")
+    rp.add_argument("--pred-col", help="predicted label column (default: the view's field)")
     rp.add_argument(
         "--score-col",
-        help="P(non-defect) column for AUC; must exist when given (default: `score`, used if present)",
+        help="P(non-defect) column for AUC; must exist, and must not be another view's column (`score` is "
+        "the bad view's). Default: `label_probs` when present, else the view's own column (`score` for "
+        "bad/ad-user, `score_<field>` for location/quality)",
     )
     rp.add_argument("--no-auc", action="store_true", help="ignore any score column (no AUC)")
     rp.add_argument("--name", help="dataset name in tables (default: gold file stem)")
@@ -329,13 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateMetricWarning)
+        warnings.simplefilter("always", ScoreSourceWarning)
         try:
             status = int(args.func(args))
         except AdNannyEvalError as exc:
             print(f"adnanny-eval {args.verb}: error: {exc}", file=sys.stderr)
             status = 2
     for w in caught:  # one readable line per warning instead of Python's file:line format
-        if issubclass(w.category, DegenerateMetricWarning):
+        if issubclass(w.category, (DegenerateMetricWarning, ScoreSourceWarning)):
             print(f"adnanny-eval {args.verb}: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

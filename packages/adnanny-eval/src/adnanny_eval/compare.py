@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,17 +12,18 @@ import numpy as np
 import polars as pl
 
 from adnanny_eval.bootstrap import BootstrapCI, paired_bootstrap_bacc
-from adnanny_eval.errors import AdNannyEvalError
-from adnanny_eval.evaluate import check_scores
+from adnanny_eval.errors import AdNannyEvalError, ScoreSourceWarning
+from adnanny_eval.evaluate import prepare
 from adnanny_eval.io import join_on_id
-from adnanny_eval.metrics import (
-    METRIC_NAMES,
-    BinaryMetrics,
-    confusion_counts,
-    metrics_from_counts,
-    roc_auc,
+from adnanny_eval.metrics import COUNT_KEYS, METRIC_NAMES, BinaryMetrics
+from adnanny_eval.predictions import (
+    LABEL_PROBS_COL,
+    PARSE_ERROR_COL,
+    ScoreChoice,
+    parse_error_mask,
+    resolve_score,
 )
-from adnanny_eval.views import View, get_view, to_positive
+from adnanny_eval.views import View, get_view, implicit_score_column
 
 __all__ = ["DatasetComparison", "compare_dataset", "compare_tables", "table_columns"]
 
@@ -52,7 +54,8 @@ class DatasetComparison:
     ci: BootstrapCI | None = None
     candidate_name: str = "candidate"
     baseline_name: str = "baseline"
-    extra: dict[str, Any] = field(default_factory=dict)
+    parse_errors: str = "wrong"  # how unparsed predictions were counted: "wrong" or "drop"
+    extra: dict[str, Any] = field(default_factory=dict)  # auc_source per model, notes
 
     @property
     def rate(self) -> float:
@@ -68,7 +71,7 @@ class DatasetComparison:
         return {
             k: float(cand[k]) - float(base[k])
             for k in cand
-            if k in base and k not in ("n", "n_defect", self.view.rate_name)
+            if k in base and k not in COUNT_KEYS and k != self.view.rate_name
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,8 @@ class DatasetComparison:
             self.view.rate_name: self.rate * 100.0,
             "n": self.candidate.n,
             "n_defect": self.candidate.n_defect,
+            "parse_errors": self.parse_errors,
+            "n_dropped": self.candidate.n_dropped,
             "candidate_name": self.candidate_name,
             "candidate": clean(self.candidate.to_paper(self.view.rate_name)),
         }
@@ -93,6 +98,7 @@ class DatasetComparison:
             out["delta"] = clean(self.delta())
         if self.ci is not None:
             out["bootstrap"] = self.ci.to_dict()
+        out.update(self.extra)
         return out
 
 
@@ -103,8 +109,15 @@ def compare_dataset(
     candidate: Any,
     baseline: Any | None = None,
     *,
+    defect: str | Sequence[Any] | None = None,
+    field: str | None = None,
+    values: str | Sequence[Any] | None = None,
+    rate_name: str | None = None,
     candidate_score: Any | None = None,
     baseline_score: Any | None = None,
+    candidate_unparsed: Any | None = None,
+    baseline_unparsed: Any | None = None,
+    parse_errors: str = "wrong",
     ids: Any | None = None,
     candidate_name: str = "candidate",
     baseline_name: str = "baseline",
@@ -112,10 +125,15 @@ def compare_dataset(
     seed: int = 0,
     level: float = 0.95,
     sources: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> DatasetComparison:
     """Compare raw candidate (and baseline) labels with raw gold labels, rows already aligned.
 
-    BACC CIs come from a paired bootstrap with `n_resamples` draws from `seed` (0 resamples: no CIs).
+    `view` as in `evaluate` (a name, a `View`, or ``"defect"`` with `defect` values). A missing predicted
+    label or a row marked in `*_unparsed` is a parse error, handled by `parse_errors` (``wrong``: a miss of
+    its gold class; ``drop``: the row leaves gold and *both* models, so the pairing stays on the same ids).
+    Scores are each model's P(non-defect) for this view, in [0, 1]. BACC CIs come from a paired bootstrap
+    with `n_resamples` draws from `seed` (0 resamples: no CIs), on the rows the metrics cover.
     `sources` says how errors name each input (keys ``gold``, ``candidate``, ``baseline``,
     ``candidate_score``, ``baseline_score``; e.g. ``{"gold": "gold.csv:label"}``) so a bad label points at
     its file and column.
@@ -128,31 +146,35 @@ def compare_dataset(
         "baseline_score": f"{baseline_name} score",
         **(sources or {}),
     }
-    v = get_view(view)
-    y = to_positive(gold, v, ids=ids, what=src["gold"])
-    c = to_positive(candidate, v, ids=ids, what=src["candidate"])
-    if c.shape != y.shape:
-        raise AdNannyEvalError(
-            f"`candidate` has {c.shape[0]} rows but `gold` has {y.shape[0]}; align them on id"
-        )
-    context = f"{candidate_name} on {dataset} ({v.name} view)"
-    if candidate_score is not None:
-        candidate_score = check_scores(candidate_score, ids, what=src["candidate_score"])
-    if baseline_score is not None:
-        baseline_score = check_scores(baseline_score, ids, what=src["baseline_score"])
-    cand_m = _metrics(y, c, candidate_score, context)
-    base_m = None
-    b = None
-    if baseline is not None:
-        b = to_positive(baseline, v, ids=ids, what=src["baseline"])
-        if b.shape != y.shape:
-            raise AdNannyEvalError(
-                f"`baseline` has {b.shape[0]} rows but `gold` has {y.shape[0]}; align them on id"
-            )
-        base_m = _metrics(y, b, baseline_score, f"{baseline_name} on {dataset} ({v.name} view)")
+    v = get_view(view, defect=defect, field=field, values=values, rate_name=rate_name)
+    with_base = baseline is not None
+    prep = prepare(
+        gold,
+        [candidate, baseline] if with_base else [candidate],
+        v,
+        unparsed=[candidate_unparsed, baseline_unparsed] if with_base else [candidate_unparsed],
+        scores=[candidate_score, baseline_score] if with_base else [candidate_score],
+        ids=ids,
+        parse_errors=parse_errors,
+        names=[src["candidate"], src["baseline"]] if with_base else [src["candidate"]],
+        score_names=[src["candidate_score"], src["baseline_score"]]
+        if with_base
+        else [src["candidate_score"]],
+        gold_name=src["gold"],
+    )
+    # The warning names the model, dataset and view, so a NaN in a table can be traced.
+    cand_m = prep.metrics(0, context=f"{candidate_name} on {dataset} ({v.name} view)")
+    base_m = prep.metrics(1, context=f"{baseline_name} on {dataset} ({v.name} view)") if with_base else None
     ci = None
-    if n_resamples > 0 and y.shape[0] > 0:
-        ci = paired_bootstrap_bacc(y, c, b, n_resamples=n_resamples, seed=seed, level=level)
+    if n_resamples > 0 and prep.y_true.shape[0] > 0:
+        ci = paired_bootstrap_bacc(
+            prep.y_true,
+            prep.preds[0],
+            prep.preds[1] if with_base else None,
+            n_resamples=n_resamples,
+            seed=seed,
+            level=level,
+        )
     return DatasetComparison(
         dataset=dataset,
         view=v,
@@ -161,13 +183,9 @@ def compare_dataset(
         ci=ci,
         candidate_name=candidate_name,
         baseline_name=baseline_name,
+        parse_errors=prep.parse_errors,
+        extra=dict(extra or {}),
     )
-
-
-def _metrics(y: np.ndarray, p: np.ndarray, score: Any | None, context: str) -> BinaryMetrics:
-    # The warning names the model, dataset and view, so a NaN in a table can be traced.
-    auc = None if score is None else roc_auc(y, np.asarray(score, dtype=np.float64), warn=False)
-    return metrics_from_counts(confusion_counts(y, p), auc, context=context)
 
 
 def compare_tables(
@@ -177,10 +195,15 @@ def compare_tables(
     candidate: pl.DataFrame,
     baseline: pl.DataFrame | None = None,
     *,
-    gold_col: str = "label",
-    pred_col: str = "label",
+    defect: str | Sequence[Any] | None = None,
+    field: str | None = None,
+    values: str | Sequence[Any] | None = None,
+    rate_name: str | None = None,
+    gold_col: str | None = None,
+    pred_col: str | None = None,
     score_col: str | None = None,
     ignore_score: bool = False,
+    parse_errors: str = "wrong",
     sources: Mapping[str, str] | None = None,
     candidate_name: str = "candidate",
     baseline_name: str = "baseline",
@@ -190,37 +213,77 @@ def compare_tables(
 ) -> DatasetComparison:
     """`compare_dataset` on whole tables: join each prediction table to `gold` on `id`, then compare.
 
-    `score_col` None means "use ``score`` for AUC when a prediction table has it"; a named `score_col`
-    must exist in the candidate table (a typo must not silently drop AUC; a baseline without scores
-    just gets no AUC); `ignore_score` drops AUC whatever the tables hold. `sources` names the tables in
-    errors (keys ``gold``, ``candidate``, ``baseline``; file paths in the CLI). Both joins come back in
-    gold order, so candidate and baseline rows pair up for the bootstrap.
+    Label columns default to the view's field (``label``; ``location_label`` for the location view; `field`
+    for a generic view). Each prediction table follows the predictions-file contract: rows whose
+    ``parse_error`` is set (or whose label is null) are parse errors (`parse_errors`), and AUC reads
+    P(non-defect) *of this view*: from ``label_probs`` when present (for the fair view: P(good)), else from
+    the view's own score column (``score`` for bad/ad-user, ``score_<field>`` for location/quality), else
+    it is left out — with a `ScoreSourceWarning` when a score column was there but belongs to another view
+    (the fair view never reads the bad view's ``score``). A named `score_col` must exist in the candidate
+    table and must not be another view's column (both are errors naming it); a baseline without it just
+    gets no AUC. `ignore_score` drops AUC. `sources` names the tables in errors (keys ``gold``,
+    ``candidate``, ``baseline``; file paths in the CLI). Both joins come back in gold order, so candidate
+    and baseline rows pair up for the bootstrap.
     """
+    v = get_view(view, defect=defect, field=field, values=values, rate_name=rate_name)
+    gcol = gold_col or v.field
+    pcol = pred_col or v.field
     names = {"gold": "gold", "candidate": candidate_name, "baseline": baseline_name, **(sources or {})}
-    col = score_col or "score"
 
-    def join(pred: pl.DataFrame, role: str) -> Any:
-        return join_on_id(
+    def join(pred: pl.DataFrame, role: str) -> tuple[Any, np.ndarray, ScoreChoice]:
+        explicit = None if ignore_score else score_col
+        no_auc = ignore_score
+        if explicit is not None and role == "baseline" and explicit not in pred.columns:
+            explicit, no_auc = None, True  # a baseline without the named column gets no AUC
+        own = None if no_auc else (explicit or implicit_score_column(v))
+        joined = join_on_id(
             gold,
             pred,
-            gold_col=gold_col,
-            pred_col=pred_col,
-            score_col=None if ignore_score else col,
+            gold_col=gcol,
+            pred_col=pcol,
+            score_col=own,
             gold_name=names["gold"],
             pred_name=names[role],
-            require_score=score_col is not None and role == "candidate" and not ignore_score,
+            require_score=explicit is not None,
+            extra=[c for c in (PARSE_ERROR_COL, LABEL_PROBS_COL) if c in pred.columns and c != pcol],
         )
+        unparsed = parse_error_mask(joined.extra.get(PARSE_ERROR_COL), len(joined.ids))
+        unparsed |= joined.pred.is_null().to_numpy()
+        if no_auc:
+            return joined, unparsed, ScoreChoice(None, None)
+        columns = dict(joined.extra)
+        if joined.score is not None and own is not None:
+            columns[own] = joined.score
+        choice = resolve_score(
+            columns,
+            v,
+            present=list(pred.columns),
+            explicit=explicit,
+            unparsed=unparsed,
+            ids=joined.ids,
+            source=names[role],
+        )
+        if choice.note:
+            warnings.warn(choice.note, ScoreSourceWarning, stacklevel=3)
+        return joined, unparsed, choice
 
-    jc = join(candidate, "candidate")
-    jb = None if baseline is None else join(baseline, "baseline")
+    jc, uc, sc = join(candidate, "candidate")
+    jb, ub, sb = (None, None, None) if baseline is None else join(baseline, "baseline")
+    score_names = {
+        "candidate_score": f"{names['candidate']}:{sc.source or 'score'}",
+        "baseline_score": f"{names['baseline']}:{(sb.source if sb else None) or 'score'}",
+    }
     return compare_dataset(
         dataset,
-        view,
+        v,
         jc.gold,
         jc.pred,
         None if jb is None else jb.pred,
-        candidate_score=None if jc.score is None else jc.score.to_numpy(),
-        baseline_score=None if jb is None or jb.score is None else jb.score.to_numpy(),
+        candidate_score=sc.score,
+        baseline_score=None if sb is None else sb.score,
+        candidate_unparsed=uc,
+        baseline_unparsed=ub,
+        parse_errors=parse_errors,
         ids=jc.ids,
         candidate_name=candidate_name,
         baseline_name=baseline_name,
@@ -228,10 +291,13 @@ def compare_tables(
         seed=seed,
         level=level,
         sources={
-            "gold": f"{names['gold']}:{gold_col}",
-            "candidate": f"{names['candidate']}:{pred_col}",
-            "baseline": f"{names['baseline']}:{pred_col}",
-            "candidate_score": f"{names['candidate']}:{col}",
-            "baseline_score": f"{names['baseline']}:{col}",
+            "gold": f"{names['gold']}:{gcol}",
+            "candidate": f"{names['candidate']}:{pcol}",
+            "baseline": f"{names['baseline']}:{pcol}",
+            **score_names,
+        },
+        extra={
+            "auc_source": {"candidate": sc.source, **({} if sb is None else {"baseline": sb.source})},
+            "notes": [n for n in (sc.note, None if sb is None else sb.note) if n],
         },
     )

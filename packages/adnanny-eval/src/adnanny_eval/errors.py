@@ -15,6 +15,7 @@ __all__ = [
     "InputFileError",
     "JoinError",
     "LabelError",
+    "ScoreSourceWarning",
     "shown",
 ]
 
@@ -40,6 +41,10 @@ class InputFileError(AdNannyEvalError):
 
 class DegenerateMetricWarning(UserWarning):
     """A metric is undefined for this data (e.g. no defects) and was returned as NaN."""
+
+
+class ScoreSourceWarning(UserWarning):
+    """A score column was present but is not this view's P(non-defect), so AUC was left out (says why)."""
 
 
 def shown(head: Sequence[str], total: int) -> str:

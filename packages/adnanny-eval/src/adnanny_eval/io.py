@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -78,6 +78,7 @@ class Joined:
     gold: pl.Series
     pred: pl.Series
     score: pl.Series | None
+    extra: dict[str, pl.Series] = field(default_factory=dict)  # requested `extra` columns of pred, aligned
 
 
 def join_on_id(
@@ -90,10 +91,13 @@ def join_on_id(
     gold_name: str = "gold",
     pred_name: str = "pred",
     require_score: bool = False,
+    extra: Sequence[str] = (),
 ) -> Joined:
     """Pair gold and prediction rows on `id`; any id present on one side only is an error naming it.
 
     `score_col` is used when present in `pred` (AUC); `require_score` turns its absence into an error.
+    `extra` names further `pred` columns (``parse_error``, ``label_probs``) returned aligned in
+    `Joined.extra` when present.
     """
     _require(gold, "id", gold_name, "id")
     _require(pred, "id", pred_name, "id")
@@ -113,6 +117,9 @@ def join_on_id(
     cols = {"id": p_ids, "__pred": pred.get_column(pred_col)}
     if has_score:
         cols["__score"] = pred.get_column(score_col).cast(pl.Float64, strict=False)  # type: ignore[arg-type]
+    extra_present = [c for c in dict.fromkeys(extra) if c in pred.columns]
+    for k, c in enumerate(extra_present):
+        cols[f"__extra{k}"] = pred.get_column(c)
     p = pl.DataFrame(cols)
     only_gold = g.join(p, on="id", how="anti").get_column("id").to_list()
     only_pred = p.join(g, on="id", how="anti").get_column("id").to_list()
@@ -137,6 +144,7 @@ def join_on_id(
         gold=joined.get_column("__gold"),
         pred=joined.get_column("__pred"),
         score=joined.get_column("__score") if has_score else None,
+        extra={c: joined.get_column(f"__extra{k}") for k, c in enumerate(extra_present)},
     )
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from adnanny_eval.errors import AdNannyEvalError, DegenerateMetricWarning
 
 __all__ = [
+    "COUNT_KEYS",
     "METRIC_NAMES",
     "BinaryMetrics",
     "ConfusionCounts",
@@ -68,6 +69,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "NegF1",
     "AUC",
 )
+# Keys `BinaryMetrics.to_paper` adds after the metrics: counts and the parse-error rate (not metrics of the
+# model's answers, so a Delta row leaves them out).
+COUNT_KEYS: tuple[str, ...] = ("n", "n_defect", "n_parse_errors", "parse_error_rate", "n_dropped")
 # BinaryMetrics attribute behind each paper column, in METRIC_NAMES order.
 _FIELDS: tuple[str, ...] = (
     "dr",
@@ -124,19 +128,32 @@ class BinaryMetrics:
     pos_f1: float
     neg_f1: float
     auc: float | None = None
+    # Parse errors (see `adnanny_eval.evaluate`): this model's unparsed rows among the rows given, and the
+    # rows removed from the evaluation under ``parse_errors="drop"`` (every paired model's unparsed rows).
+    n_parse_errors: int = 0
+    n_dropped: int = 0
 
     @property
     def n(self) -> int:
+        """Rows the metrics cover (after any dropped rows)."""
         return self.counts.n
+
+    @property
+    def parse_error_rate(self) -> float:
+        """This model's unparsed rows / all rows given (dropped ones included); NaN for no rows."""
+        total = self.counts.n + self.n_dropped
+        return self.n_parse_errors / total if total else math.nan
 
     @property
     def n_defect(self) -> int:
         return self.counts.n_defect
 
     def to_paper(self, rate_name: str = "DR", *, percent: bool = True) -> dict[str, float | int]:
-        """The paper's column names -> values (percent by default), plus the counts ``n``/``n_defect``.
+        """The paper's column names -> values (percent by default), plus counts and the parse-error rate.
 
         `rate_name` is ``DR`` (query–ad) or ``RR`` (ad–user); ``AUC`` is present only when scores were given.
+        Besides the metrics: ``n``, ``n_defect``, ``n_parse_errors``, ``parse_error_rate`` (percent by
+        default) and ``n_dropped`` — a parse-error rate is always shown next to the metrics it shaped.
         """
         scale = 100.0 if percent else 1.0
         values: dict[str, float | int] = {}
@@ -146,6 +163,9 @@ class BinaryMetrics:
                 values[name.replace("DR", rate_name)] = value * scale
         values["n"] = self.n
         values["n_defect"] = self.n_defect
+        values["n_parse_errors"] = self.n_parse_errors
+        values["parse_error_rate"] = self.parse_error_rate * scale
+        values["n_dropped"] = self.n_dropped
         return values
 
 
@@ -215,7 +235,9 @@ def metrics_from_counts(
     )
     if warn:
         undefined = [
-            k for k, v in m.to_paper(percent=False).items() if isinstance(v, float) and math.isnan(v)
+            k
+            for k, v in m.to_paper(percent=False).items()
+            if k not in COUNT_KEYS and isinstance(v, float) and math.isnan(v)
         ]
         if undefined:
             why = []

@@ -34,6 +34,37 @@ _TITLES = {
 }
 
 
+def view_title(view: Any) -> str:
+    """Heading of a view's table: the paper's wording for built-in views, the definition for others."""
+    return _TITLES.get(view.name) or f"Defect view {view.title}"
+
+
+def parse_error_line(comps: Sequence[DatasetComparison]) -> str:
+    """One line under a table: each model's parse-error count and rate, and how they were counted."""
+    parts = []
+    any_errors = False
+    for c in comps:
+        models = [(c.candidate_name, c.candidate)]
+        if c.baseline is not None:
+            models.insert(0, (c.baseline_name, c.baseline))
+        total = c.candidate.n + c.candidate.n_dropped
+        cells = ", ".join(
+            f"{name} {m.n_parse_errors} ({fmt(m.parse_error_rate * 100)}%)" for name, m in models
+        )
+        any_errors |= any(m.n_parse_errors for _, m in models)
+        dropped = f"; {c.candidate.n_dropped} row(s) dropped" if c.parse_errors == "drop" else ""
+        parts.append(f"{c.dataset}: {cells} of {total}{dropped}")
+    if not any_errors:
+        return "Parse errors: none."
+    mode = comps[0].parse_errors
+    how = (
+        "each unparsed row counts as a miss of its gold class, so Model DR/RR depends on gold"
+        if mode == "wrong"
+        else "unparsed rows were dropped from gold and every model (same ids for all)"
+    )
+    return f"Parse errors (`--parse-errors {mode}`: {how}): " + "; ".join(parts) + "."
+
+
 def fmt(value: float | int | None, digits: int = 2) -> str:
     """Percent cell: two decimals, ``n/a`` for undefined."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -83,19 +114,32 @@ class ComparisonReport:
         v = comps[0].view
         with_auc = any(c.candidate.auc is not None for c in comps)
         cols = table_columns(v, with_auc=with_auc)
+        # The parse-error rate sits beside the metrics it shaped whenever a model had any.
+        with_parse = any(m is not None and m.n_parse_errors for c in comps for m in (c.candidate, c.baseline))
+        pcol = ["Parse err."] if with_parse else []
         rows: list[list[str]] = []
         for c in comps:
             label = f"{c.dataset} {v.rate_name} {fmt(c.rate * 100)}"
             cand = c.candidate.to_paper(v.rate_name)
+            cand_p = [fmt(cand["parse_error_rate"])] if with_parse else []
             if c.baseline is not None:
                 base = c.baseline.to_paper(v.rate_name)
-                rows.append([label, c.baseline_name, *(fmt(base.get(k)) for k in cols)])  # type: ignore[arg-type]
-                rows.append(["", c.candidate_name, *(fmt(cand.get(k)) for k in cols)])  # type: ignore[arg-type]
+                base_p = [fmt(base["parse_error_rate"])] if with_parse else []
+                rows.append([label, c.baseline_name, *(fmt(base.get(k)) for k in cols), *base_p])  # type: ignore[arg-type]
+                rows.append(["", c.candidate_name, *(fmt(cand.get(k)) for k in cols), *cand_p])  # type: ignore[arg-type]
                 delta = c.delta()
-                rows.append(["", "Delta", *(fmt(delta.get(k)) for k in cols)])
+                rows.append(["", "Delta", *(fmt(delta.get(k)) for k in cols), *([""] if with_parse else [])])
             else:
-                rows.append([label, c.candidate_name, *(fmt(cand.get(k)) for k in cols)])  # type: ignore[arg-type]
-        parts = [f"### {_TITLES.get(view, view)}", "", markdown_table(["Dataset", "Model", *cols], rows)]
+                rows.append([label, c.candidate_name, *(fmt(cand.get(k)) for k in cols), *cand_p])  # type: ignore[arg-type]
+        parts = [
+            f"### {view_title(v)}",
+            "",
+            markdown_table(["Dataset", "Model", *cols, *pcol], rows),
+            "",
+            parse_error_line(comps),
+        ]
+        for c in comps:
+            parts += [f"Note: {n}" for n in c.extra.get("notes", [])]
         ci_rows = []
         ci_info = None
         for c in comps:
@@ -160,6 +204,7 @@ class ComparisonReport:
                 model: str,
                 values: dict[str, Any],
                 ci: list[float | None] | None,
+                role: str = "",
                 c: DatasetComparison = c,
                 rn: str = rn,
             ) -> dict[str, Any]:
@@ -172,6 +217,11 @@ class ComparisonReport:
                     "model_rate": values.get(f"Model {rn}"),
                 }
                 r.update({k: values.get(k) for k in metric_cols})
+                r["parse_errors"] = c.parse_errors
+                r["n_parse_errors"] = values.get("n_parse_errors")
+                r["parse_error_rate"] = values.get("parse_error_rate")
+                r["n_dropped"] = c.candidate.n_dropped
+                r["auc_source"] = c.extra.get("auc_source", {}).get(role)
                 r["BACC_ci_low"] = None if ci is None else ci[0]
                 r["BACC_ci_high"] = None if ci is None else ci[1]
                 r["n"] = c.candidate.n
@@ -185,9 +235,15 @@ class ComparisonReport:
 
             if c.baseline is not None:
                 records.append(
-                    rec(c.baseline_name, c.baseline.to_paper(rn), pct["baseline"] if pct else None)
+                    rec(
+                        c.baseline_name, c.baseline.to_paper(rn), pct["baseline"] if pct else None, "baseline"
+                    )
                 )
-            records.append(rec(c.candidate_name, c.candidate.to_paper(rn), pct["candidate"] if pct else None))
+            records.append(
+                rec(
+                    c.candidate_name, c.candidate.to_paper(rn), pct["candidate"] if pct else None, "candidate"
+                )
+            )
             if c.baseline is not None:
                 records.append(rec("Delta", c.delta(), pct["delta"] if pct else None))
         schema = {
@@ -198,6 +254,11 @@ class ComparisonReport:
             "rate": pl.Float64,
             "model_rate": pl.Float64,
             **{k: pl.Float64 for k in metric_cols},
+            "parse_errors": pl.String,
+            "n_parse_errors": pl.Int64,
+            "parse_error_rate": pl.Float64,
+            "n_dropped": pl.Int64,
+            "auc_source": pl.String,
             "BACC_ci_low": pl.Float64,
             "BACC_ci_high": pl.Float64,
             "n": pl.Int64,

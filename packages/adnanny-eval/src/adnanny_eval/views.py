@@ -13,6 +13,12 @@ view        defect (negative)    non-defect (positive)                       rat
 ``ad-user`` 0, bad               1, 2, 3, fair, good, other, others          RR
 =========== ==================== =========================================== ======
 
+Any task's label field can also be read through the **generic defect view** (`defect_view`, or
+``get_view("defect", defect=("bad", "fair"), field="label")``; CLI ``--view defect --defect bad,fair``): the
+given values are defects and every other label is a non-defect (or, with ``values=``, every other *listed*
+value, so a typo is still an error). It is how other packages evaluate a task they define themselves, and each
+built-in view is the generic view of its defect values (the tests check they agree).
+
 Labels are normalized before lookup: surrounding white space is stripped, letters are lower-cased, and
 integral numbers lose a trailing ``.0`` (CSV readers turn ``1`` into ``1.0``). Anything else — an unknown
 string, a missing label — is an error naming the offending ids, never a silent default.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,13 +41,18 @@ import polars as pl
 from adnanny_eval.errors import MAX_SHOWN, AdNannyEvalError, LabelError, shown
 
 __all__ = [
+    "GENERIC_VIEW",
     "VIEWS",
     "VIEW_NAMES",
     "EncodedLabels",
     "View",
+    "defect_view",
     "encode_labels",
     "get_view",
+    "implicit_score_column",
     "normalize_label",
+    "predicted_positive",
+    "score_column_conflict",
     "to_positive",
 ]
 
@@ -51,7 +62,10 @@ class View:
     """A mapping of normalized labels to non-defect (positive) and defect (negative).
 
     `rate_name` is what the paper calls the defect rate for this view (``DR`` for query–ad, ``RR`` for
-    ad–user); `field` is the task-schema label column the view reads by default.
+    ad–user); `field` is the task-schema label column the view reads by default (and the key of
+    ``label_probs`` it reads P(non-defect) from). `other_positive` marks a generic view built from defect
+    values alone: every label outside `negative` (but not a missing one) is a non-defect, because eval does
+    not know the task's value set.
     """
 
     name: str
@@ -59,6 +73,7 @@ class View:
     positive: frozenset[str]
     rate_name: str = "DR"
     field: str = "label"
+    other_positive: bool = False
 
     def __post_init__(self) -> None:
         overlap = self.negative & self.positive
@@ -66,6 +81,12 @@ class View:
             raise AdNannyEvalError(
                 f"view `{self.name}`: labels {sorted(overlap)} are both defect and non-defect; "
                 "each label must be on exactly one side"
+            )
+        if not self.negative:
+            raise AdNannyEvalError(f"view `{self.name}` has no defect label; give at least one defect value")
+        if not self.positive and not self.other_positive:
+            raise AdNannyEvalError(
+                f"view `{self.name}` has no non-defect label; every label would be a defect"
             )
         if self.rate_name not in ("DR", "RR"):
             raise AdNannyEvalError(
@@ -75,7 +96,24 @@ class View:
     @property
     def known(self) -> tuple[str, ...]:
         """All labels this view accepts, sorted (for error messages and docs)."""
-        return tuple(sorted(self.negative | self.positive))
+        known = tuple(sorted(self.negative | self.positive))
+        return (*known, "(any other label: non-defect)") if self.other_positive else known
+
+    def side(self, label: str | None) -> int:
+        """1 non-defect, 0 defect, -1 unknown or missing, for one *normalized* label."""
+        if label is None:
+            return -1
+        if label in self.negative:
+            return 0
+        if label in self.positive or self.other_positive:
+            return 1
+        return -1
+
+    @property
+    def title(self) -> str:
+        """A one-line description for report headings: field, defect values, the rest."""
+        rest = "every other label" if self.other_positive else ", ".join(sorted(self.positive))
+        return f"`{self.field}`: defect = {', '.join(sorted(self.negative))}; non-defect = {rest}"
 
     @property
     def model_rate_name(self) -> str:
@@ -96,6 +134,8 @@ VIEWS: dict[str, View] = {
     ),
 }
 VIEW_NAMES: tuple[str, ...] = tuple(VIEWS)
+# The name that selects the generic view (with `defect=` values) in `get_view` and `--view`.
+GENERIC_VIEW = "defect"
 
 # Canonical spellings (already normalized) take the fast Enum path; everything else is normalized per
 # distinct value.
@@ -103,16 +143,89 @@ _CANONICAL: tuple[str, ...] = tuple(sorted(set().union(*(v.negative | v.positive
 _INTEGRAL_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
 
 
-def get_view(view: str | View) -> View:
-    """Return the `View` for a name (``bad``, ``fair``, ``location``, ``quality``, ``ad-user``)."""
+def _normalized_values(values: Any, what: str) -> tuple[str, ...]:
+    """Defect/value lists as normalized labels: ``"bad,fair"``, ``("bad", "fair")`` or ``(0,)``."""
+    items = [p for p in values.split(",")] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        norm = normalize_label(item)
+        if norm is None or norm == "":
+            raise AdNannyEvalError(f"`{what}` has an empty value in {values!r}; list labels like 'bad,fair'")
+        if norm not in out:
+            out.append(norm)
+    if not out:
+        raise AdNannyEvalError(f"`{what}` is empty; give at least one label (e.g. 'bad' or 'bad,fair')")
+    return tuple(out)
+
+
+def defect_view(
+    defect: str | Sequence[Any],
+    *,
+    field: str = "label",
+    values: str | Sequence[Any] | None = None,
+    rate_name: str = "DR",
+) -> View:
+    """The generic view of any task's label field: `defect` labels are defects, the rest non-defects.
+
+    `defect` is a sequence (``("bad", "fair")``, ``(0,)``) or comma-separated text; values are normalized
+    like labels, so ``0``, ``"0"`` and ``0.0`` are one value. Without `values` every other non-missing label
+    is a non-defect (eval is standalone and does not know the task's value set); with `values` (the field's
+    whole value set) any other label is an error, like a built-in view. `rate_name` is ``DR`` or ``RR``.
+    """
+    neg = _normalized_values(defect, "defect")
+    name = f"{GENERIC_VIEW}:{','.join(neg)}" + ("" if field == "label" else f"@{field}")
+    if values is None:
+        return View(name, frozenset(neg), frozenset(), rate_name=rate_name, field=field, other_positive=True)
+    allowed = _normalized_values(values, "values")
+    missing = [d for d in neg if d not in allowed]
+    if missing:
+        raise AdNannyEvalError(
+            f"defect value(s) {missing} are not among `values` {list(allowed)}; list every label of `{field}`"
+        )
+    return View(name, frozenset(neg), frozenset(allowed) - frozenset(neg), rate_name=rate_name, field=field)
+
+
+def get_view(
+    view: str | View,
+    *,
+    defect: str | Sequence[Any] | None = None,
+    field: str | None = None,
+    values: str | Sequence[Any] | None = None,
+    rate_name: str | None = None,
+) -> View:
+    """Return the `View` for a name (``bad``, ``fair``, ``location``, ``quality``, ``ad-user``, ``defect``).
+
+    ``"defect"`` is the generic view and needs `defect` values (see `defect_view`; `values` and `rate_name`
+    apply to it only). `field` makes any view read another label field (default: the view's own).
+    """
     if isinstance(view, View):
-        return view
+        if defect is not None or values is not None or rate_name is not None:
+            raise AdNannyEvalError(
+                f"`defect`/`values`/`rate_name` build a generic view; view `{view.name}` is already built"
+            )
+        return view if field is None or field == view.field else replace(view, field=field)
     key = str(view).strip().lower().replace("_", "-")
     if key == "aduser":
         key = "ad-user"
+    if key == GENERIC_VIEW:
+        if defect is None:
+            raise AdNannyEvalError(
+                "view `defect` needs its defect values: pass `defect=('bad', 'fair')` (CLI: --defect bad,fair)"
+            )
+        return defect_view(defect, field=field or "label", values=values, rate_name=rate_name or "DR")
     if key not in VIEWS:
-        raise AdNannyEvalError(f"unknown `view` {view!r}; choose one of {', '.join(VIEW_NAMES)}")
-    return VIEWS[key]
+        raise AdNannyEvalError(
+            f"unknown `view` {view!r}; choose one of {', '.join(VIEW_NAMES)}, or `{GENERIC_VIEW}` with "
+            "defect values (--view defect --defect bad,fair)"
+        )
+    if defect is not None or values is not None or rate_name is not None:
+        v = VIEWS[key]
+        raise AdNannyEvalError(
+            f"`defect`/`values`/`rate_name` go with view `{GENERIC_VIEW}`; the built-in view `{v.name}` has "
+            f"its own defect values ({', '.join(sorted(v.negative))}) — use `--view defect --defect ...`"
+        )
+    v = VIEWS[key]
+    return v if field is None or field == v.field else replace(v, field=field)
 
 
 def normalize_label(value: Any) -> str | None:
@@ -211,6 +324,40 @@ def format_ids(ids: Any, rows: np.ndarray) -> str:
     return shown([repr(v) for v in id_series.gather(head).to_list()], len(rows))
 
 
+def _side_codes(enc: EncodedLabels, v: View) -> np.ndarray:
+    """[n] int8 per row: 1 non-defect, 0 defect, -1 unknown or missing (one lookup over the vocab)."""
+    lut = np.array([v.side(label) for label in enc.vocab], dtype=np.int8)
+    return lut[enc.codes]
+
+
+def _raise_bad_labels(enc: EncodedLabels, v: View, ids: Any, what: str, *, rows: np.ndarray) -> None:
+    """A `LabelError` for `rows` (unknown or missing labels), naming the ids and the labels `v` knows."""
+    null_code = enc.vocab.index(None) if None in enc.vocab else -1
+    missing = enc.codes[rows] == null_code
+    unknown_rows = rows[~missing]
+    if len(unknown_rows) == 0:
+        raise LabelError(
+            f"`{what}` is missing for {len(rows)} row(s) (ids: {format_ids(ids, rows)}); a missing label "
+            "cannot be mapped to a side — fill it in (gold labels are never guessed)"
+        )
+    seen = sorted({str(enc.vocab[c]) for c in np.unique(enc.codes[unknown_rows])})
+    extra = f" ({int(missing.sum())} more row(s) have no label at all)" if missing.any() else ""
+    raise LabelError(
+        f"`{what}` has {len(unknown_rows)} row(s) with label(s) {seen} that view `{v.name}` does not "
+        f"know (ids: {format_ids(ids, unknown_rows)}){extra}; known labels: {', '.join(v.known)} "
+        "(case and surrounding spaces are ignored) — fix the labels or choose another `view`"
+    )
+
+
+def _encoded(values: Any, ids: Any, what: str) -> EncodedLabels:
+    enc = values if isinstance(values, EncodedLabels) else encode_labels(values)
+    if ids is not None and len(ids) != len(enc):
+        raise AdNannyEvalError(
+            f"`ids` has {len(ids)} entries but `{what}` has {len(enc)}; pass one id per label"
+        )
+    return enc
+
+
 def to_positive(
     values: Any,
     view: str | View,
@@ -221,37 +368,103 @@ def to_positive(
     """Map labels to a boolean array: True = non-defect (positive), False = defect (negative).
 
     `values` are raw labels or an `EncodedLabels`; `ids` (same length) name offending rows in errors, and
-    `what` names the column (e.g. ``pred label``). Raises `LabelError` for unknown or missing labels.
+    `what` names the column (e.g. ``pred label``). Raises `LabelError` for unknown or missing labels — use
+    this for gold labels; predictions go through `predicted_positive`, where a missing label is a parse error.
     """
     v = get_view(view)
-    enc = values if isinstance(values, EncodedLabels) else encode_labels(values)
-    if ids is not None and len(ids) != len(enc):
-        raise AdNannyEvalError(
-            f"`ids` has {len(ids)} entries but `{what}` has {len(enc)}; pass one id per label"
-        )
-    lut = np.full(len(enc.vocab), -1, dtype=np.int8)
-    for i, label in enumerate(enc.vocab):
-        if label in v.positive:
-            lut[i] = 1
-        elif label in v.negative:
-            lut[i] = 0
-    side = lut[enc.codes]  # [n] int8: 1 positive, 0 negative, -1 unknown/missing
+    enc = _encoded(values, ids, what)
+    side = _side_codes(enc, v)
     bad_mask = side < 0
     if bad_mask.any():
-        rows = np.flatnonzero(bad_mask)
-        null_code = enc.vocab.index(None) if None in enc.vocab else -1
-        missing = enc.codes[rows] == null_code
-        unknown_rows = rows[~missing]
-        if len(unknown_rows) == 0:
-            raise LabelError(
-                f"`{what}` is missing for {len(rows)} row(s) (ids: {format_ids(ids, rows)}); rows whose "
-                "prediction failed to parse carry no label — drop or re-label them before evaluating"
-            )
-        seen = sorted({str(enc.vocab[c]) for c in np.unique(enc.codes[unknown_rows])})
-        extra = f" ({int(missing.sum())} more row(s) have no label at all)" if missing.any() else ""
-        raise LabelError(
-            f"`{what}` has {len(unknown_rows)} row(s) with label(s) {seen} that view `{v.name}` does not "
-            f"know (ids: {format_ids(ids, unknown_rows)}){extra}; known labels: {', '.join(v.known)} "
-            "(case and surrounding spaces are ignored) — fix the labels or choose another `view`"
-        )
+        _raise_bad_labels(enc, v, ids, what, rows=np.flatnonzero(bad_mask))
     return side.astype(bool)
+
+
+def predicted_positive(
+    values: Any,
+    view: str | View,
+    *,
+    unparsed: Any | None = None,
+    ids: Sequence[Any] | pl.Series | np.ndarray | None = None,
+    what: str = "pred label",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels -> (non-defect bool array, unparsed bool array).
+
+    A row is *unparsed* when `unparsed` marks it (the predictions' ``parse_error`` is set) or its label is
+    missing; its side in the first array is meaningless (the caller applies the parse-error rule). A label
+    that is present, on a parsed row, and unknown to the view is still a `LabelError` naming the ids: that is
+    a wrong file or view, not a model that failed to answer.
+    """
+    v = get_view(view)
+    enc = _encoded(values, ids, what)
+    side = _side_codes(enc, v)
+    null_code = enc.vocab.index(None) if None in enc.vocab else -1
+    mask = enc.codes == null_code
+    if unparsed is not None:
+        extra = np.asarray(unparsed, dtype=bool)
+        if extra.shape != mask.shape:
+            raise AdNannyEvalError(
+                f"`unparsed` has {extra.shape[0]} entries but `{what}` has {mask.shape[0]}; pass one per row"
+            )
+        mask = mask | extra
+    bad_mask = (side < 0) & ~mask
+    if bad_mask.any():
+        _raise_bad_labels(enc, v, ids, what, rows=np.flatnonzero(bad_mask))
+    return side > 0, mask
+
+
+# The predictions-file contract's score columns: ``score`` is P(non-defect) of the primary field (``label``
+# for the built-in tasks) under its task's defect values, ``score_<field>`` the same for another field. The
+# built-in tasks' defect values are ``bad`` (query_ad) and ``0`` (ad_user), so those columns describe a view
+# exactly when its defect set is within these; a view that also calls one of the contract's non-defect values
+# a defect (``fair``: bad + fair) must not read them.
+_SCORE_DEFECTS = frozenset({"0", "bad"})
+_SCORE_NON_DEFECTS = frozenset({"1", "2", "3", "fair", "good", "other", "others"})
+# Label fields of the built-in tasks that are not the primary one (their scores are ``score_<field>``).
+_SECONDARY_FIELDS = frozenset({"location_label", "quality_label"})
+
+
+def implicit_score_column(view: str | View) -> str | None:
+    """The predictions column that holds P(non-defect) of exactly this view, or None when no column does.
+
+    ``score`` for a view on ``label`` whose defects are ``bad``/``0`` (the bad and ad-user views);
+    ``score_<field>`` likewise on another field (location, quality); None otherwise — the fair view and a
+    generic view with other defect values take P(non-defect) from ``label_probs`` only.
+    """
+    v = get_view(view)
+    if not v.negative <= _SCORE_DEFECTS:
+        return None
+    return "score" if v.field == "label" else f"score_{v.field}"
+
+
+def score_column_conflict(view: str | View, column: str) -> str | None:
+    """Why a named score column cannot be this view's P(non-defect), or None when it may be.
+
+    Only the contract's own columns (``score``, ``score_<field>``) are judged; any other column name is the
+    user's and taken as given.
+    """
+    v = get_view(view)
+    if column == "score":
+        owner = "label"
+        if v.field in _SECONDARY_FIELDS:
+            return (
+                f"`score` is P(non-defect) of the primary label field, not of `{v.field}`; use "
+                f"`score_{v.field}` or `label_probs`"
+            )
+    elif column.startswith("score_"):
+        owner = column[len("score_") :]
+        if owner != v.field:
+            return (
+                f"`{column}` is P(non-defect) of the field `{owner}`, but view `{v.name}` reads `{v.field}`"
+            )
+    else:
+        return None
+    if owner == v.field or column == "score":
+        clash = sorted(v.negative & _SCORE_NON_DEFECTS)
+        if clash:
+            return (
+                f"`{column}` is P(non-defect) of the bad view (defect = bad / 0), but view `{v.name}` also "
+                f"counts {', '.join(clash)} as a defect; its AUC needs P(non-defect) from `label_probs` "
+                "(for the fair view: P(good))"
+            )
+    return None
