@@ -183,7 +183,9 @@ def test_tasks_contract_names_are_pinned() -> None:
 
     assert tasks.__all__ == ["CONTROL_TAGS", "InvalidLabelError", "KEYWORD_RULES", "MalformedOutputError",
                              "MissingTagError", "ParseError", "ParsedOutput", "PromptVariant", "TASK_NAMES",
-                             "TaskSpec", "all_tasks", "defang", "get_task", "render_chat"]
+                             "TaskDefinitionError", "TaskSpec", "all_tasks", "defang", "get_task", "load_task",
+                             "load_task_file", "load_task_from_dir", "register_task", "render_chat", "save_task",
+                             "spec_from_dict", "task_names", "task_to_toml"]
     assert all(hasattr(tasks, n) for n in tasks.__all__)
 
 

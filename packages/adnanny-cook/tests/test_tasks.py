@@ -143,10 +143,10 @@ def test_generation_prompt_and_parser() -> None:
 
 def test_validation_errors_name_fields() -> None:
     t = get_task("query_ad")
-    with pytest.raises(MissingTagError, match=r"misses fields \['ad_url'\]"):
-        t.render_messages({k: v for k, v in QA_ROW.items() if k != "ad_url"})
-    with pytest.raises(MissingTagError, match="labels miss \\['quality_label'\\]"):
-        t.format_target({"label": "bad", "location_label": "good"}, None)
+    with pytest.raises(MissingTagError, match=r"misses fields \['ad_title'\]"):
+        t.render_messages({k: v for k, v in QA_ROW.items() if k != "ad_title"})
+    with pytest.raises(MissingTagError, match="labels miss \\['label'\\]"):
+        t.format_target({"location_label": "good", "quality_label": "good"}, None)
     with pytest.raises(InvalidLabelError, match="no label fields \\['score'\\]"):
         t.validate_labels({**QA_LABELS, "score": 1})
     with pytest.raises(ValueError, match="`mode` must be"):

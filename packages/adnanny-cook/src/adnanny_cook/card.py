@@ -13,7 +13,7 @@ from typing import Any
 
 from adnanny_cook.corpus import atomic_write_bytes
 
-__all__ = ["corpus_stats", "write_card"]
+__all__ = ["corpus_stats", "task_records", "write_card"]
 
 
 def corpus_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -36,10 +36,23 @@ def corpus_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "per_label": {k: dict(v) for k, v in per_label.items()}}
 
 
+def task_records(specs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a card or manifest records of each task definition: its hash, label fields and file."""
+    return {n: {"hash": s.hash, "labels": list(s.label_fields), "primary_field": s.primary_field,
+                "defect": {f: list(v) for f, v in s.defect_values.items()}, "file": f"tasks/{n}.toml"}
+            for n, s in sorted(specs.items())}
+
+
 def write_card(rows: list[Mapping[str, Any]], out_dir: str | Path, *, title: str,
-               filters: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               filters: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+               tasks: Iterable[Any] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write `card.json` and `README.md`; the card records each task definition's hash (`task_records`)."""
+    from adnanny_cook.corpus import corpus_tasks
+
     stats = corpus_stats(rows)
-    card = {"title": title, **stats, "filters": dict(filters or {}), **dict(extra or {})}
+    specs = corpus_tasks(rows, tasks)
+    card = {"title": title, **stats, "filters": dict(filters or {}), **dict(extra or {}),
+            "tasks": task_records(specs)}
     out = Path(out_dir)
     atomic_write_bytes(out / "card.json", json.dumps(card, indent=2, sort_keys=True).encode())
     lines = [f"# {title}", "", f"{stats['rows']} rows. Schema: `adnanny_cook.corpus.CORPUS_COLUMNS`.", "",
@@ -52,6 +65,9 @@ def write_card(rows: list[Mapping[str, Any]], out_dir: str | Path, *, title: str
     lines += ["", "| label field | distribution |", "|---|---|"]
     lines += [f"| {k} | {', '.join(f'{a}: {b}' for a, b in sorted(v.items()))} |"
               for k, v in sorted(stats["per_label"].items())]
+    lines += ["", "| task definition | label fields | sha256 |", "|---|---|---|"]
+    lines += [f"| `tasks/{n}.toml` | {', '.join(t['labels'])} | `{t['hash'][:16]}` |"
+              for n, t in card["tasks"].items()]
     if filters:
         lines += ["", "## Filters", "", "```json", json.dumps(filters, indent=2, sort_keys=True), "```"]
     atomic_write_bytes(out / "README.md", ("\n".join(lines) + "\n").encode())

@@ -24,10 +24,11 @@ class CookConfig:
     """Configuration of one cooking run (paper §3.1-3.4). Paths are relative to the working directory."""
 
     # --- data
-    task: str = ""                        # task name (adnanny_cook.tasks.TASK_NAMES)
+    task: str = ""                        # task name (adnanny_cook.tasks.TASK_NAMES) or path to a TOML task file
     input: str = ""                       # labeled rows: .parquet, .csv, .jsonl or .json
     out: str = ""                         # output directory (corpus.parquet, card, rejects, cache, manifest)
     columns: dict[str, str] = field(default_factory=dict)  # task field -> column name in `input`
+    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + columns present)
     id_column: str = "id"                 # row id column (row number when absent)
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_row: str = "error"             # "error": stop naming the rows; "quarantine": write rejects.jsonl
@@ -83,10 +84,7 @@ class CookConfig:
 
     def __post_init__(self) -> None:
         errs: list[str] = []
-        from adnanny_cook.tasks import TASK_NAMES, get_task
-
-        if self.task not in TASK_NAMES:
-            errs.append(f"`task` must be one of {list(TASK_NAMES)}, got {self.task!r}")
+        spec = self._resolve_task(errs)
         for key in ("input", "out", "base_url", "model"):
             if not getattr(self, key):
                 errs.append(f"`{key}` is required (set it in the TOML file or with --{key.replace('_', '-')})")
@@ -117,14 +115,18 @@ class CookConfig:
             errs.append(f"`keep_per_input` ({self.keep_per_input}) cannot exceed `k` ({self.k})")
         if bool(self.verifier_base_url) != bool(self.verifier_model):
             errs.append("`verifier_base_url` and `verifier_model` must be set together")
-        if self.task in TASK_NAMES:
-            spec = get_task(self.task)
+        if spec is not None:
             known = [v.id for v in spec.reasoning_variants]
             for key in ("variants", "golden_variants"):
                 bad = [v for v in getattr(self, key) if v not in known]
                 if bad:
                     errs.append(f"`{key}` has unknown variant ids {bad} for task `{self.task}`; known: {known}")
             valid_fields = set(spec.input_fields) | set(spec.label_fields)
+            if self.labels:
+                try:
+                    spec.select_labels(tuple(self.labels))
+                except ConfigError as e:
+                    errs.append(f"`labels`: {e}")
             bad_cols = [k for k in self.columns if k not in valid_fields]
             if bad_cols:
                 errs.append(f"`columns` maps unknown task fields {bad_cols}; task `{self.task}` fields are "
@@ -132,7 +134,48 @@ class CookConfig:
         if errs:
             raise ConfigError("invalid cook config:\n  " + "\n  ".join(errs))
 
+    def _resolve_task(self, errs: list[str]) -> Any:
+        from adnanny_cook.errors import AdNannyCookError, UnknownTaskError
+        from adnanny_cook.tasks import load_task, task_names
+
+        if not self.task:
+            errs.append(f"`task` is required: one of {list(task_names())} or a path to a .toml task file")
+            return None
+        try:
+            spec = load_task(self.task)
+        except UnknownTaskError:
+            errs.append(f"`task` must be one of {list(task_names())} or a path to a .toml task file, got "
+                        f"{self.task!r}")
+            return None
+        except AdNannyCookError as e:
+            errs.append(f"`task`: {e}")
+            return None
+        object.__setattr__(self, "_spec", spec)
+        return spec
+
     # ------------------------------------------------------------------ derived
+    @property
+    def base_spec(self) -> Any:
+        """The task definition `task` names (a built-in/registered name or a TOML task file)."""
+        spec = getattr(self, "_spec", None)
+        if spec is None:
+            from adnanny_cook.tasks import load_task
+
+            spec = load_task(self.task)
+            object.__setattr__(self, "_spec", spec)
+        return spec
+
+    @property
+    def spec(self) -> Any:
+        """The task restricted to this dataset's label fields (`labels`; all fields when empty)."""
+        base = self.base_spec
+        return base.select_labels(tuple(self.labels)) if self.labels else base
+
+    @property
+    def task_name(self) -> str:
+        """The task's `name` (what corpus rows carry), also when `task` is a file path."""
+        return self.base_spec.name
+
     @property
     def cache_path(self) -> str:
         return self.cache or str(Path(self.out) / "cache.sqlite")
@@ -142,9 +185,7 @@ class CookConfig:
         return os.environ.get(self.api_key_env, "") or "EMPTY"
 
     def variant_ids(self) -> list[str]:
-        from adnanny_cook.tasks import get_task
-
-        return list(self.variants) or [v.id for v in get_task(self.task).reasoning_variants]
+        return list(self.variants) or [v.id for v in self.base_spec.reasoning_variants]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,6 @@ from adnanny_cook.errors import ParseError, TeacherError
 from adnanny_cook.filters import (Candidate, boilerplate_reason, contradiction_reason, keyword_rules, mmr_select,
                                   query_tokens, schema_parse, self_consistency)
 from adnanny_cook.loaders import Item
-from adnanny_cook.tasks import get_task
 from adnanny_cook.verifier import parse_verdict, verifier_messages
 
 __all__ = ["ChunkCooker", "make_clients", "open_cooker"]
@@ -61,7 +60,7 @@ class ChunkCooker:
     def __init__(self, cfg: CookConfig, teacher: TeacherClient, verifier: TeacherClient | None,
                  embedder: Embedder) -> None:
         self.cfg = cfg
-        self.spec = get_task(cfg.task)
+        self.spec = cfg.spec
         self.teacher, self.verifier, self.embedder = teacher, verifier, embedder
         self.variants = cfg.variant_ids()
         self.memory: dict[str, Any] = {}

@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from adnanny_cook.errors import CorpusSchemaError, ParseError, UnknownTaskError
-from adnanny_cook.tasks import get_task
+from adnanny_cook.errors import AdNannyCookError, CorpusSchemaError, ParseError, UnknownTaskError
+from adnanny_cook.tasks import TaskSpec, get_task, load_task
 
-__all__ = ["CORPUS_COLUMNS", "CORPUS_FILE", "atomic_write_bytes", "make_row", "read_corpus", "validate_corpus",
-           "write_corpus"]
+__all__ = ["CORPUS_COLUMNS", "CORPUS_FILE", "atomic_write_bytes", "corpus_tasks", "make_row", "read_corpus",
+           "read_corpus_tasks", "validate_corpus", "write_corpus"]
 
 #: Column order of a corpus Parquet file.
 CORPUS_COLUMNS: tuple[str, ...] = ("id", "task", "mode", "messages", "target", "labels", "reasoning", "split",
@@ -30,30 +30,90 @@ _MODES = ("reasoning", "label")
 _SPLITS = ("train", "eval")
 
 
-def make_row(*, id: str, task: str, mode: str, input: Mapping[str, Any], labels: Mapping[str, Any],
+def make_row(*, id: str, task: str | TaskSpec, mode: str, input: Mapping[str, Any], labels: Mapping[str, Any],
              reasoning: str | None, split: str, provenance: Mapping[str, Any] | None = None,
              example: bool = False) -> dict[str, Any]:
-    """Build one corpus row from a task input and its labels (+ reasoning in reasoning mode)."""
-    spec = get_task(task)
+    """Build one corpus row from a task input and its labels (+ reasoning in reasoning mode).
+
+    `task` is a registered name, a task file path or a `TaskSpec` (a user's task, or one restricted with
+    `select_labels`). The labels must hold every required label field; optional ones may be absent, and the
+    row is then rendered with the task restricted to the labels it has (relevance-only `query_ad`: the prompt
+    asks for `<Label>` alone and the target is `<Label>...</Label>`). Blank optional inputs are left out of the
+    prompt.
+    """
+    spec = load_task(task)
     if mode not in _MODES:
         raise CorpusSchemaError(f"`mode` must be one of {_MODES}, got {mode!r}")
     canon = spec.validate_labels(labels)
+    view = _selected(spec, tuple(canon))
     r = reasoning if mode == "reasoning" else None
     if mode == "reasoning" and not (reasoning and reasoning.strip()):
         raise CorpusSchemaError(f"row `{id}`: mode 'reasoning' needs a non-empty `reasoning`")
-    inp = {f: input[f] for f in spec.input_fields}
+    inp = {f: ("" if input.get(f) is None else input[f]) for f in spec.input_fields}
     return {
         "id": str(id),
-        "task": task,
+        "task": spec.name,
         "mode": mode,
-        "messages": spec.render_messages(inp, mode, example=example),
-        "target": spec.format_target(canon, r),
+        "messages": view.render_messages(inp, mode, example=example),
+        "target": view.format_target(canon, r),
         "labels": json.dumps(canon, sort_keys=True),
         "reasoning": r.strip() if r else None,
         "split": split,
         "provenance": json.dumps(dict(provenance or {}), sort_keys=True, default=str),
         "input": json.dumps(inp, sort_keys=True, ensure_ascii=False),
     }
+
+
+_SELECTED: dict[tuple[str, tuple[str, ...]], TaskSpec] = {}
+
+
+def _selected(spec: TaskSpec, fields: tuple[str, ...]) -> TaskSpec:
+    """`spec.select_labels(fields)`, memoized per definition (validating a corpus asks once per row)."""
+    if len(fields) == len(spec.label_fields):
+        return spec
+    key = (spec.hash, fields)
+    got = _SELECTED.get(key)
+    if got is None:
+        got = _SELECTED[key] = spec.select_labels(fields)
+    return got
+
+
+def corpus_tasks(rows: Iterable[Mapping[str, Any]], tasks: Iterable[TaskSpec] | Mapping[str, TaskSpec] | None = None
+                 ) -> dict[str, TaskSpec]:
+    """The task definitions a set of corpus rows was built with, by name.
+
+    A task given in `tasks` is used as it is; any other task named by the rows is the registered one restricted
+    to the label fields its rows carry (a relevance-only `query_ad` corpus records a `query_ad` with `label`
+    alone, so its `hash` tells it apart from the three-label task).
+    """
+    given = dict(tasks) if isinstance(tasks, Mapping) else {t.name: t for t in (tasks or ())}
+    seen: dict[str, set[str]] = {}
+    for r in rows:
+        labels = json.loads(r["labels"]) if isinstance(r["labels"], str) else r["labels"]
+        seen.setdefault(r["task"], set()).update(labels)
+    out: dict[str, TaskSpec] = {}
+    for name in sorted(seen):
+        if name in given:
+            out[name] = given[name]
+            continue
+        try:
+            spec = get_task(name)
+        except UnknownTaskError:
+            continue  # validate_corpus names the row and the unknown task
+        out[name] = spec.select_labels(tuple(f for f in spec.label_fields if f in seen[name]))
+    for name, spec in given.items():
+        out.setdefault(name, spec)
+    return out
+
+
+def read_corpus_tasks(path: str | os.PathLike[str]) -> dict[str, TaskSpec]:
+    """The `tasks/<name>.toml` definitions next to a corpus (a directory, or a Parquet file's folder)."""
+    from adnanny_cook.tasks.registry import TASKS_DIR
+    from adnanny_cook.tasks.schema import load_task_file
+
+    p = Path(path)
+    d = (p if p.is_dir() else p.parent) / TASKS_DIR
+    return {s.name: s for s in (load_task_file(f) for f in sorted(d.glob("*.toml")))} if d.is_dir() else {}
 
 
 def _frame(rows: list[dict[str, Any]]):
@@ -95,17 +155,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dfd)
 
 
-def write_corpus(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, validate: bool = True) -> Path:
-    """Validate and write rows to a Parquet file (atomic). `path` may be a directory (-> `corpus.parquet`)."""
+def write_corpus(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, validate: bool = True,
+                 tasks: Iterable[TaskSpec] | Mapping[str, TaskSpec] | None = None) -> Path:
+    """Validate and write rows to a Parquet file (atomic). `path` may be a directory (-> `corpus.parquet`).
+
+    The corpus folder also gets `tasks/<name>.toml` for every task in the rows: the definitions of `tasks`
+    where given, else the registered task restricted to the label fields its rows carry (`corpus_tasks`), so a
+    reader (`read_corpus`, sft, `load_task_from_dir`) renders and parses exactly as the corpus was built.
+    """
     import io
 
+    from adnanny_cook.tasks import save_task
+
     rows = [dict(r) for r in rows]
+    specs = corpus_tasks(rows, tasks)
     df = _frame(rows)
     if validate:
-        validate_corpus(df, source="rows")
+        validate_corpus(df, source="rows", tasks=specs)
     path = Path(path)
     if path.suffix != ".parquet":
         path = path / CORPUS_FILE
+    for spec in specs.values():
+        save_task(spec, path.parent)
     buf = io.BytesIO()
     df.write_parquet(buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -134,12 +205,20 @@ def read_corpus(path: str | os.PathLike[str], *, validate: bool = True):
             raise CorpusSchemaError(f"cannot read corpus file `{f}` as Parquet: {e}") from e
     df = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
     if validate:
-        validate_corpus(df, source=str(p))
+        try:
+            tasks = read_corpus_tasks(p)
+        except AdNannyCookError as e:
+            raise CorpusSchemaError(f"corpus `{p}`: {e}") from e
+        validate_corpus(df, source=str(p), tasks=tasks)
     return df
 
 
-def validate_corpus(df, *, source: str = "corpus") -> None:
-    """Raise `CorpusSchemaError` naming the source, row id and column of the first problems found."""
+def validate_corpus(df, *, source: str = "corpus", tasks: Mapping[str, TaskSpec] | None = None) -> None:
+    """Raise `CorpusSchemaError` naming the source, row id and column of the first problems found.
+
+    Each row's task is looked up in `tasks` (the corpus's own `tasks/*.toml`), then in the registry. A row may
+    lack optional label fields; its target must then parse with the task restricted to the labels it has.
+    """
     missing = [c for c in CORPUS_COLUMNS if c not in df.columns]
     if missing:
         raise CorpusSchemaError(f"`{source}` misses corpus columns {missing}; required: {list(CORPUS_COLUMNS)}")
@@ -154,7 +233,7 @@ def validate_corpus(df, *, source: str = "corpus") -> None:
             problems.append(f"{where}: duplicate `id`")
         seen.add(rid)
         try:
-            spec = get_task(row["task"])
+            spec = (tasks or {}).get(row["task"]) or get_task(row["task"])
         except UnknownTaskError as e:
             problems.append(f"{where}: column `task`: {e}")
             continue
@@ -173,7 +252,7 @@ def validate_corpus(df, *, source: str = "corpus") -> None:
             problems.append(f"{where}: column `labels`: {e}")
             continue
         try:
-            parsed = spec.parse(row["target"] or "", mode=row["mode"])
+            parsed = _selected(spec, tuple(labels)).parse(row["target"] or "", mode=row["mode"])
         except ParseError as e:
             problems.append(f"{where}: column `target` does not parse: {e}")
             continue

@@ -14,6 +14,7 @@ __all__ = [
     "MalformedOutputError",
     "MissingTagError",
     "ParseError",
+    "TaskDefinitionError",
     "TeacherError",
     "UnknownTaskError",
 ]
@@ -24,7 +25,7 @@ class AdNannyCookError(Exception):
 
 
 class UnknownTaskError(AdNannyCookError, KeyError):
-    """A task name that is not in `TASK_NAMES`."""
+    """A task name that is neither built in nor registered (`register_task`), or a task file that is absent."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -79,6 +80,16 @@ class CorpusSchemaError(AdNannyCookError, ValueError):
 
 class ConfigError(AdNannyCookError, ValueError):
     """A cook configuration with unknown keys or invalid values (all problems reported at once)."""
+
+
+class TaskDefinitionError(ConfigError):
+    """A task definition (TOML task file) with unknown keys or invalid values; every problem is listed, each
+    naming the file (`source`) and the dotted key."""
+
+    def __init__(self, message: str, *, source: str = "", problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.problems = list(problems or [])
 
 
 class TeacherError(AdNannyCookError, RuntimeError):

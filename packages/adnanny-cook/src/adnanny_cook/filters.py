@@ -77,16 +77,13 @@ def schema_parse(spec: TaskSpec, c: Candidate) -> str | None:
 def stated_labels(spec: TaskSpec, reasoning: str) -> dict[str, set[Any]]:
     """Label values the reasoning text itself states, e.g. "relevance label 'Fair'" -> {'label': {'fair'}}."""
     out: dict[str, set[Any]] = {}
-    if spec.name == "query_ad":
-        names = {"label": r"relevance(?: label)?", "location_label": r"location label",
-                 "quality_label": r"(?:ad[- ])?quality label"}
-    elif spec.name == "ad_user":
-        names = {"label": r"(?:relevance )?score"}
-    else:
-        names = {f: re.escape(f.replace("_", " ")) for f, v in spec.label_fields.items() if v}
+    # the phrases come from the task definition (`stated_as`, default: the field's title), longest first so
+    # "relevance label" wins over "relevance"
+    names = {f: "|".join(re.escape(s) for s in sorted(spec.stated_phrases(f), key=len, reverse=True))
+             for f, v in spec.label_fields.items() if v}
     for f, pat in names.items():
         vals = "|".join(re.escape(str(v)) for v in spec.label_fields[f])
-        rx = re.compile(rf"\b{pat}\s*(?:of|is|=|:)?\s*['\"“‘(]?\s*({vals})\b", re.IGNORECASE)
+        rx = re.compile(rf"\b(?:{pat})\s*(?:of|is|=|:)?\s*['\"“‘(]?\s*({vals})\b", re.IGNORECASE)
         for m in rx.finditer(reasoning):
             try:
                 out.setdefault(f, set()).add(spec.check_value(f, m.group(1)))

@@ -24,7 +24,6 @@ from adnanny_cook.config import CookConfig
 from adnanny_cook.corpus import atomic_write_bytes
 from adnanny_cook.filters import Candidate, contradiction_reason, schema_parse
 from adnanny_cook.loaders import load_items
-from adnanny_cook.tasks import get_task
 
 __all__ = ["validate_prompts"]
 
@@ -39,9 +38,9 @@ async def _validate(cfg: CookConfig, embedder: Any, golden: str) -> dict[str, An
     from adnanny_cook.cook import make_clients
     from adnanny_cook.embed import Embedder
 
-    spec = get_task(cfg.task)
+    spec = cfg.spec
     embedder = embedder or Embedder(cfg.embed_model)
-    items, _ = load_items(golden, cfg.task, on_bad_row="error")
+    items, _ = load_items(golden, cfg.base_spec, on_bad_row="error", labels=list(spec.label_fields))
     refs = {}
     for line in Path(golden).read_text().splitlines():
         if line.strip():
@@ -101,13 +100,13 @@ async def _validate(cfg: CookConfig, embedder: Any, golden: str) -> dict[str, An
     cons = consistent / max(1, len(by_item))
     if cons < cfg.gate_consistency:
         failures.append(f"consistency {cons:.1%} < gate_consistency {cfg.gate_consistency:.0%}")
-    report = {"task": cfg.task, "golden": golden, "examples": len(items), "variants": report_variants,
+    report = {"task": spec.name, "golden": golden, "examples": len(items), "variants": report_variants,
               "consistency": round(cons, 4), "passed": not failures, "failures": failures,
               "gate": {"format": cfg.gate_format, "faithful": cfg.gate_faithful, "consistency": cfg.gate_consistency},
               "problems": examples[:50], "teacher": teacher.stats.as_dict()}
     out = Path(cfg.out)
     atomic_write_bytes(out / "golden_report.json", json.dumps(report, indent=2, sort_keys=True).encode())
-    md = [f"# Golden-set prompt validation: {cfg.task}", "",
+    md = [f"# Golden-set prompt validation: {spec.name}", "",
           f"{len(items)} golden examples x {len(variants)} prompt variants. "
           f"**{'PASSED' if report['passed'] else 'FAILED'}**", "",
           "| variant | format | faithful | ref. similarity |", "|---|---|---|---|"]

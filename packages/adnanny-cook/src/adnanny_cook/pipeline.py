@@ -18,6 +18,7 @@ run skips finished chunk files and recomputes an interrupted chunk from the resp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -29,7 +30,7 @@ from adnanny_cook.__about__ import __version__
 from adnanny_cook.config import CookConfig
 from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
 from adnanny_cook.errors import AdNannyCookError
-from adnanny_cook.loaders import Item, load_items
+from adnanny_cook.loaders import Item, load_dataset
 
 __all__ = ["CookResult", "run_cook", "write_chunk"]
 
@@ -102,13 +103,17 @@ def run_cook(cfg: CookConfig) -> CookResult:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    items, rejects = load_items(cfg.input, cfg.task, columns=cfg.columns, id_column=cfg.id_column,
-                                on_bad_row=cfg.on_bad_row, limit=cfg.limit)
+    ds = load_dataset(cfg.input, cfg.base_spec, columns=cfg.columns, id_column=cfg.id_column,
+                      on_bad_row=cfg.on_bad_row, limit=cfg.limit, labels=cfg.labels)
+    if list(ds.spec.label_fields) != list(cfg.labels):
+        # record the dataset's label fields (detected from its columns) so prompts, resume and the manifest agree
+        cfg = dataclasses.replace(cfg, labels=list(ds.spec.label_fields))
+    items, rejects = ds.items, ds.rejects
     atomic_write_bytes(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
                                                       for r in rejects).encode())
     embedder = Embedder(cfg.embed_model)
     pre_drops: list[dict[str, Any]] = []
-    if cfg.task == "keyword_query":
+    if cfg.task_name == "keyword_query":
         items, pre_drops = _prefilter_keywords(cfg, items, embedder)
 
     gate = None
@@ -117,7 +122,7 @@ def run_cook(cfg: CookConfig) -> CookResult:
 
         gate = validate_prompts(cfg, embedder=embedder)
         if not gate["passed"]:
-            raise AdNannyCookError(f"golden-set gate failed for task `{cfg.task}`: {gate['failures']}; see "
+            raise AdNannyCookError(f"golden-set gate failed for task `{cfg.task_name}`: {gate['failures']}; see "
                                    f"{out / 'golden_report.md'}. Refine the prompt or lower `gate_*` thresholds.")
 
     chunks = [items[i:i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
@@ -150,7 +155,7 @@ async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int]
     out = Path(cfg.out)
     kept = dropped = 0
     bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(chunks[i]) for i in done), unit="input",
-               disable=not cfg.progress, desc=f"cook {cfg.task}", dynamic_ncols=True)
+               disable=not cfg.progress, desc=f"cook {cfg.task_name}", dynamic_ncols=True)
     try:
         async with open_cooker(cfg, embedder) as cooker:
             replayed_upto = -1
@@ -178,15 +183,14 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
     from adnanny_cook.card import write_card
     from adnanny_cook.filters import cross_input_flags
     from adnanny_cook.split import group_key, split_rows
-    from adnanny_cook.tasks import get_task
-
     out = Path(cfg.out)
-    spec = get_task(cfg.task)
+    spec = cfg.spec
+    name = spec.name
     # cross-input consistency: near-duplicate inputs, same labels, rationales far apart -> flag
     chosen = [(r, s, c) for r in results for s in r["subs"] for c in s["chosen"]]
     flags: Counter[str] = Counter()
     if chosen:
-        bad = cross_input_flags([group_key(cfg.task, r["input"]) for r, _s, _c in chosen],
+        bad = cross_input_flags([group_key(spec, r["input"]) for r, _s, _c in chosen],
                                 [json.dumps(s["labels"], sort_keys=True) for _r, s, _c in chosen],
                                 embedder.encode([c["reasoning"] for _r, _s, c in chosen]),
                                 min_sim=cfg.cross_input_min_sim, threshold=cfg.near_dup_threshold)
@@ -195,7 +199,7 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
                 c.setdefault("flags", []).append("cross_input_inconsistent")
                 flags["cross_input_inconsistent"] += 1
     # rows
-    base_prov = {"teacher": cfg.model, "base_url": cfg.base_url, "task": cfg.task, "temperature": cfg.temperature,
+    base_prov = {"teacher": cfg.model, "base_url": cfg.base_url, "task": name, "temperature": cfg.temperature,
                  "verifier": cfg.verifier_model or None}
     tasks_in: list[str] = []
     inputs_in: list[dict[str, Any]] = []
@@ -211,19 +215,19 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
                     cross_dropped += 1
                     continue
                 kept_any = True
-                prov = {**base_prov, "prompt_id": f"{cfg.task}/{c['variant']}", "variant": c["variant"],
+                prov = {**base_prov, "prompt_id": f"{name}/{c['variant']}", "variant": c["variant"],
                         "candidate": c["idx"], "cache_key": c["key"], "filter_scores": c["scores"],
                         "flags": c.get("flags", []), "origin": s["origin"], "source_id": r["id"]}
-                pending.append(dict(id=f"{r['id']}-{si}-{c['idx']}-r", task=cfg.task, mode="reasoning",
+                pending.append(dict(id=f"{r['id']}-{si}-{c['idx']}-r", task=spec, mode="reasoning",
                                     input=r["input"], labels=s["labels"], reasoning=c["reasoning"],
                                     provenance=prov))
-                tasks_in.append(cfg.task)
+                tasks_in.append(spec)
                 inputs_in.append(r["input"])
             if cfg.label_rows and kept_any:
-                pending.append(dict(id=f"{r['id']}-{si}-l", task=cfg.task, mode="label", input=r["input"],
+                pending.append(dict(id=f"{r['id']}-{si}-l", task=spec, mode="label", input=r["input"],
                                     labels=s["labels"], reasoning=None,
                                     provenance={**base_prov, "origin": s["origin"], "source_id": r["id"]}))
-                tasks_in.append(cfg.task)
+                tasks_in.append(spec)
                 inputs_in.append(r["input"])
     splits = split_rows(tasks_in, inputs_in, eval_fraction=cfg.eval_fraction, seed=cfg.seed,
                         threshold=cfg.near_dup_threshold)
@@ -231,7 +235,7 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
     import random
 
     random.Random(cfg.seed).shuffle(rows)
-    corpus_path = write_corpus(rows, out)
+    corpus_path = write_corpus(rows, out, tasks=[spec])
     drop_counts: Counter[str] = Counter(d["reason"] for d in pre_drops)
     for r in results:
         drop_counts.update(d["reason"] for d in r["drops"])
@@ -243,14 +247,14 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
                  for r in results for d in r["drops"]]
         lines += [json.dumps(d, sort_keys=True) + "\n" for d in pre_drops]
         atomic_write_bytes(out / "dropped.jsonl", "".join(lines).encode())
-    write_card(rows, out, title=f"adnanny-cook corpus: {cfg.task}", filters=filters,
-               extra={"teacher": cfg.model, "k": cfg.k, "variants": cfg.variant_ids()})
+    card = write_card(rows, out, title=f"adnanny-cook corpus: {name}", filters=filters,
+                      extra={"teacher": cfg.model, "k": cfg.k, "variants": cfg.variant_ids()}, tasks=[spec])
     manifest = CookResult({
-        "kind": "adnanny-cook corpus", "version": __version__, "task": cfg.task, "config": cfg.to_dict(),
+        "kind": "adnanny-cook corpus", "version": __version__, "task": name, "config": cfg.to_dict(),
         "input_sha256": _file_hash(cfg.input), "corpus_path": str(corpus_path), "rows": len(rows),
         "inputs": len(results), "filters": filters, "stats": stats, "resumed_chunks": resumed,
         "golden_gate": gate, "seconds": round(time.perf_counter() - t0, 3),
-        "label_spec": {f: list(v) for f, v in spec.label_fields.items()},
+        "label_spec": {f: list(v) for f, v in spec.label_fields.items()}, "tasks": card["tasks"],
     })
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest

@@ -15,15 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adnanny_cook.errors import ConfigError
+from adnanny_cook.tasks.spec import TaskSpec
 
 __all__ = ["GROUP_KEYS", "group_key", "near_duplicate_groups", "split_rows"]
 
-#: Which input field groups rows of each task.
-GROUP_KEYS: dict[str, str] = {
-    "query_ad": "query", "ad_user": "user_history", "keyword_query": "keyword", "user_query": "user_history",
-    "user_profile": "user_history", "ad_rewrite": "ad_title", "keyword_extension": "keyword",
-    "pairwise_judgment": "task_prompt",
-}
 _TOK = re.compile(r"[a-z0-9]+")
 
 
@@ -31,12 +26,39 @@ def _tokens(text: str) -> frozenset[str]:
     return frozenset(_TOK.findall(text.lower()))
 
 
-def group_key(task: str, inp: Mapping[str, Any]) -> str:
-    """The text that defines a row's group (normalized lowercase)."""
-    f = GROUP_KEYS.get(task)
-    if f is None or f not in inp:
-        f = next(iter(inp))
-    return " ".join(sorted(_tokens(str(inp[f]))))
+def group_key(task: str | TaskSpec, inp: Mapping[str, Any]) -> str:
+    """The text that defines a row's group (normalized lowercase): the task's `split_keys` fields' tokens.
+
+    `task` is a `TaskSpec` or a registered name; an unknown name falls back to the row's first field.
+    """
+    spec = task if isinstance(task, TaskSpec) else _registered(task)
+    fields = [f for f in (spec.group_fields if spec is not None else ()) if f in inp]
+    if not fields:
+        fields = [next(iter(inp))] if inp else []
+    return " ".join(sorted(set().union(*(_tokens(str(inp[f] if inp[f] is not None else "")) for f in fields))))
+
+
+def _registered(name: str) -> TaskSpec | None:
+    from adnanny_cook.errors import UnknownTaskError
+    from adnanny_cook.tasks import get_task
+
+    try:
+        return get_task(name)
+    except UnknownTaskError:
+        return None
+
+
+def __getattr__(name: str) -> Any:
+    # GROUP_KEYS (task -> grouping field) used to be a table here; it is now derived from the task definitions
+    if name == "GROUP_KEYS":
+        from adnanny_cook.tasks import all_tasks
+
+        return {t.name: t.group_fields[0] for t in all_tasks()}
+    raise AttributeError(name)
+
+
+def _name(t: str | TaskSpec) -> str:
+    return t.name if isinstance(t, TaskSpec) else t
 
 
 def near_duplicate_groups(keys: Sequence[str], threshold: float = 0.8) -> list[int]:
@@ -73,15 +95,17 @@ def near_duplicate_groups(keys: Sequence[str], threshold: float = 0.8) -> list[i
     return [find(i) for i in range(len(keys))]
 
 
-def split_rows(tasks: Sequence[str], inputs: Sequence[Mapping[str, Any]], *, eval_fraction: float, seed: int,
-               threshold: float = 0.8) -> list[str]:
+def split_rows(tasks: Sequence[str | TaskSpec], inputs: Sequence[Mapping[str, Any]], *, eval_fraction: float,
+               seed: int, threshold: float = 0.8) -> list[str]:
     """'train'/'eval' per row; rows sharing a (near-duplicate) group key always share a split.
 
-    Grouping is per task (a query string in query_ad and the same string as a keyword are different inputs).
+    Grouping is per task (a query string in query_ad and the same string as a keyword are different inputs);
+    `tasks` holds each row's task name or `TaskSpec` (whose `split_keys` choose the grouping fields).
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ConfigError(f"`eval_fraction` must be in [0, 1), got {eval_fraction}")
-    keys = [f"{t}\x00{group_key(t, i)}" for t, i in zip(tasks, inputs, strict=True)]
+    keys = [f"{_name(t)}\x00{group_key(t, i)}" for t, i in zip(tasks, inputs, strict=True)]
+    tasks = [_name(t) for t in tasks]
     by_task: dict[str, list[int]] = defaultdict(list)
     for n, t in enumerate(tasks):
         by_task[t].append(n)

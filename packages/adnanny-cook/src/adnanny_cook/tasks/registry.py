@@ -1,284 +1,62 @@
-"""The eight offline tasks of the paper (§2), defined once.
+"""The task registry: the eight built-in tasks of the paper (§2) plus any a user registers, all defined as data.
 
-Labeling tasks (closed label sets): `query_ad`, `ad_user`, `pairwise_judgment`.
-Generation tasks (free-text outputs): `keyword_query`, `user_query`, `user_profile`, `ad_rewrite`,
-`keyword_extension`.
+Built-in tasks are TOML task files shipped in `adnanny_cook/tasks/builtin/` and loaded by the same loader as a
+user's own file (`load_task("my_task.toml")`), so prompts, labels, tags, defect values and split keys live in
+one place per task. Labeling tasks (closed label sets): `query_ad`, `ad_user`, `pairwise_judgment`. Generation
+tasks (free-text outputs): `keyword_query`, `user_query`, `user_profile`, `ad_rewrite`, `keyword_extension`.
 
 Reasoning prompts follow §3.2: they show the existing label and ask, in explicit steps, for the intent, what the
 ad offers, and why the given labels fit. Each task carries variants (rephrased question, reordered steps, an
 in-prompt example) used by golden-set validation (§3.3) and rejection sampling (§3.4).
+
+A corpus folder (and a model folder exported from one) carries `tasks/<name>.toml`, the exact definitions it was
+built with (possibly restricted with `select_labels`); `load_task_from_dir` reads them back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from importlib import resources
+from pathlib import Path
 
-from adnanny_cook.errors import UnknownTaskError
-from adnanny_cook.tasks.spec import CONTROL_TAGS, PromptVariant, TaskSpec
+from adnanny_cook.errors import ConfigError, UnknownTaskError
+from adnanny_cook.tasks.schema import load_task_file, spec_from_dict, task_to_toml
+from adnanny_cook.tasks.spec import CONTROL_TAGS, TaskSpec
 
-__all__ = ["KEYWORD_RULES", "TASK_NAMES", "get_task", "all_tasks"]
+__all__ = ["KEYWORD_RULES", "TASK_NAMES", "all_tasks", "get_task", "load_task", "load_task_from_dir",
+           "register_task", "save_task", "task_names"]
+
+#: Order of the built-in tasks (the paper's §2 list); each is `builtin/<name>.toml`.
+_BUILTIN_ORDER = ("query_ad", "ad_user", "keyword_query", "user_query", "user_profile", "ad_rewrite",
+                  "keyword_extension", "pairwise_judgment")
+#: Folder, inside a corpus or model folder, that holds the task definitions it was built with.
+TASKS_DIR = "tasks"
 
 
-def _cap(field: str, value: Any) -> str:
-    return str(value).capitalize() if isinstance(value, str) else str(value)
+def _load_builtin(name: str) -> TaskSpec:
+    import tomllib
+
+    f = resources.files("adnanny_cook.tasks").joinpath("builtin", f"{name}.toml")
+    spec = spec_from_dict(tomllib.loads(f.read_text(encoding="utf-8")), source=f"adnanny_cook/tasks/builtin/{name}.toml")
+    if spec.name != name:
+        raise ConfigError(f"built-in task file `{name}.toml` defines `name` = {spec.name!r}")
+    return spec
 
 
-KEYWORD_RULES: tuple[str, ...] = (
-    "Stay in the same product category as the keyword.",
-    "Be narrower and more specific than the keyword, never broader.",
-    "Use natural synonyms only when relevance stays strong.",
-    "Add domain-specific terms, or brand or purpose-driven context.",
-    "Vary user intents (buying, researching, comparing, local).",
-    "Add realistic constraints such as a budget or \"near me\".",
-    "Stay consistent with the ad and its landing page; no near-duplicates of other queries.",
-)
+_REGISTRY: dict[str, TaskSpec] = {n: _load_builtin(n) for n in _BUILTIN_ORDER}
 
-_QA_GUIDE = (
-    "Relevance label: Good = the ad satisfies the query's intent (same product, no conflicting brand, price or "
-    "intent); Fair = same category but only partly satisfies it (different product type, brand, price level or "
-    "intent); Bad = a different category or need. Location label: Bad only when the query names a place and the "
-    "ad serves a different place; otherwise Good. Ad-quality label: Bad when the creative has a defect (typos, "
-    "all caps, placeholder or truncated text, unsupported claims, missing details); otherwise Good."
-)
-
-_QUERY_AD = TaskSpec(
-    name="query_ad",
-    description="Judge how relevant an ad is to a search query, whether its location fits, and its creative "
-                "quality.",
-    input_fields=("query", "ad_title", "ad_description", "ad_url"),
-    input_titles={"query": "Query", "ad_title": "Ad title", "ad_description": "Ad description",
-                  "ad_url": "Ad URL"},
-    label_fields={"label": ("bad", "fair", "good"), "location_label": ("good", "bad"),
-                  "quality_label": ("good", "bad")},
-    tags={"label": "Label", "location_label": "LocationLabel", "quality_label": "AdQuality"},
-    instruction="You label query-ad relevance for a search ads system. Read the query and the ad, then give the "
-                "relevance, location and ad-quality labels.",
-    label_guidelines=_QA_GUIDE,
-    defect_values={"label": ("bad",), "location_label": ("bad",), "quality_label": ("bad",)},
-    value_display=_cap,
-    reasoning_variants=(
-        PromptVariant(
-            id="steps",
-            question="Why are the given labels appropriate for this query and ad?",
-            steps=("Describe the user's intent: the product or service wanted and any brand, price, location "
-                   "or intent constraints.",
-                   "Summarize what the ad offers: product, brand, price level, location.",
-                   "Compare the two and explain why the given relevance label fits.",
-                   "Explain the location label and the ad-quality label.",
-                   "Conclude that the given labels are appropriate.")),
-        PromptVariant(
-            id="rephrased",
-            question="What makes this ad relevant, or not, to this query?",
-            steps=("State what the searcher is looking for, including constraints.",
-                   "State what the ad promotes.",
-                   "Explain where they agree and where they differ, and why that gives the given relevance label.",
-                   "Explain the location and ad-quality labels.",
-                   "Conclude that the given labels are appropriate.")),
-        PromptVariant(
-            id="reordered",
-            question="Why are the given labels appropriate for this query and ad?",
-            steps=("Summarize what the ad offers: product, brand, price level, location.",
-                   "Describe the user's intent and constraints.",
-                   "Explain why the given relevance label fits.",
-                   "Explain the location label and the ad-quality label.",
-                   "Conclude that the given labels are appropriate.")),
-        PromptVariant(
-            id="example",
-            question="Why are the given labels appropriate for this query and ad?",
-            steps=("Describe the user's intent.", "Summarize what the ad offers.",
-                   "Explain why the given labels fit.", "Conclude that the given labels are appropriate."),
-            example="The user wants an inexpensive place to stay in downtown Paris. The ad is for a luxury "
-                    "5-star hotel in central Paris. The city and central location match, but the price level "
-                    "does not match the request for something cheap, so the ad only partially satisfies the "
-                    "need. The ad text is clear and well written. Therefore the location label 'Good', relevance "
-                    "label 'Fair' and ad-quality label 'Good' are appropriate."),
-    ),
-    inference_example=(
-        {"query": "cheap hotel in downtown Paris", "ad_title": "Luxury 5-star hotel in central Paris",
-         "ad_description": "Premium suites, fine dining, and concierge service near major attractions.",
-         "ad_url": "www.examplehotel.com"},
-        {"label": "fair", "location_label": "good", "quality_label": "good"},
-        "The user wants a cheap hotel in downtown Paris. The ad offers a luxury hotel in central Paris: the city "
-        "matches but the price level conflicts, so the match is partial. The text is clean."),
-)
-
-_AD_USER = TaskSpec(
-    name="ad_user",
-    description="Score how relevant an ad is to a user given the user's recent behavior.",
-    input_fields=("user_history", "ad_title", "ad_description"),
-    input_titles={"user_history": "User history", "ad_title": "Ad title", "ad_description": "Ad description"},
-    label_fields={"label": (0, 1, 2, 3)},
-    tags={"label": "Score"},
-    instruction="You score ad-user relevance for an ads system from a user's recent queries, page views, clicks "
-                "and purchases.",
-    label_guidelines="Score 3 = the ad directly matches the user's main interest; 2 = same category as a main "
-                     "interest but a different product, or a secondary interest; 1 = a loosely related "
-                     "category; 0 = unrelated to anything the user did.",
-    defect_values={"label": (0,)},
-    reasoning_variants=(
-        PromptVariant(
-            id="steps",
-            question="Why is the given relevance score appropriate for this user and ad?",
-            steps=("Summarize the user's main interests from the history, citing specific actions.",
-                   "Summarize what the ad promotes.",
-                   "Explain how well the ad matches those interests and why the given score fits.",
-                   "Conclude that the given score is appropriate.")),
-        PromptVariant(
-            id="rephrased",
-            question="Why might this user click this ad, or ignore it?",
-            steps=("Say what the user has been doing and wants.",
-                   "Say what the ad offers.",
-                   "Explain why that gives the given score.",
-                   "Conclude that the given score is appropriate.")),
-        PromptVariant(
-            id="reordered",
-            question="Why is the given relevance score appropriate for this user and ad?",
-            steps=("Summarize what the ad promotes.",
-                   "Summarize the user's main interests from the history.",
-                   "Explain why the given score fits.",
-                   "Conclude that the given score is appropriate.")),
-    ),
-    inference_example=(
-        {"user_history": "searched 'beginner 5k training plan'; clicked 'how to choose running shoes'; viewed "
-                         "running shoes and socks",
-         "ad_title": "Lightweight running shoes for new runners",
-         "ad_description": "Comfortable cushioned shoes designed for beginner joggers."},
-        {"label": 3},
-        "The user is starting to run and researching running shoes. The ad sells cushioned shoes for new runners, "
-        "a direct match."),
-)
-
-_KEYWORD_QUERY = TaskSpec(
-    name="keyword_query",
-    description="Generate a realistic search query that refines an advertiser keyword for the given ad.",
-    input_fields=("keyword", "ad_title", "ad_description", "landing_page"),
-    input_titles={"keyword": "Keyword", "ad_title": "Ad title", "ad_description": "Ad description",
-                  "landing_page": "Landing page"},
-    label_fields={"query": ()},
-    tags={"query": "Query"},
-    instruction="You write search queries that a real user could type and under which the ad should be shown.",
-    label_guidelines="A good query refines the keyword: " + " ".join(KEYWORD_RULES),
-    generation_instruction="You generate and optimize search queries from an advertiser keyword, its ad and "
-                           "landing page, following the matching and quality rules.",
-    generation_rules=KEYWORD_RULES,
-    reasoning_variants=(
-        PromptVariant(
-            id="steps",
-            question="Why is the given query a suitable, rule-compliant refinement of the keyword?",
-            steps=("Name the keyword's product category and check the query keeps it.",
-                   "Explain how the query is narrower or more specific (brand, purpose, constraint, intent).",
-                   "Explain why it stays relevant to the ad and landing page.")),
-        PromptVariant(
-            id="reordered",
-            question="Why is the given query a suitable refinement of the keyword?",
-            steps=("Explain what the query adds to the keyword (brand, purpose, constraint, intent).",
-                   "Check that the category of the keyword is kept.",
-                   "Explain why it stays relevant to the ad and landing page.")),
-    ),
-)
-
-_USER_QUERY = TaskSpec(
-    name="user_query",
-    description="Generate a query that represents the user's current intent from recent behavior.",
-    input_fields=("user_history",),
-    input_titles={"user_history": "User history"},
-    label_fields={"query": ()},
-    tags={"query": "Query"},
-    instruction="You write one search query that represents what this user is most likely looking for now, to "
-                "help ad recall.",
-    label_guidelines="The query must reflect the user's dominant recent interest and be specific.",
-    generation_instruction="You derive intent-representative search queries from a user's recent behavior.",
-    generation_rules=("Follow the user's dominant recent interest.", "Be specific enough to retrieve ads.",
-                      "Vary intents across queries."),
-    reasoning_variants=(
-        PromptVariant(id="steps", question="Why does the given query represent this user's intent?",
-                      steps=("Summarize the user's main interests, citing actions.",
-                             "Explain how the query captures them.")),
-    ),
-)
-
-_USER_PROFILE = TaskSpec(
-    name="user_profile",
-    description="Summarize a user's behavior into a profile of interests, intents and constraints.",
-    input_fields=("user_history",),
-    input_titles={"user_history": "User history"},
-    label_fields={"profile": ()},
-    tags={"profile": "Profile"},
-    instruction="You summarize a user's recent behavior into a short profile: preferred categories, intents, "
-                "price sensitivity, locations, topics to avoid.",
-    label_guidelines="Only state what the history supports.",
-    generation_instruction="You write short user profiles from behavior logs.",
-    generation_rules=("State only what the history supports.", "Mention categories, intent, price level."),
-    reasoning_variants=(
-        PromptVariant(id="steps", question="Why does the given profile describe this user?",
-                      steps=("List the actions that support each part of the profile.",
-                             "Explain why nothing in the profile is unsupported.")),
-    ),
-)
-
-_AD_REWRITE = TaskSpec(
-    name="ad_rewrite",
-    description="Rewrite an ad's title and description to read better while keeping its offer and intent.",
-    input_fields=("ad_title", "ad_description", "landing_page"),
-    input_titles={"ad_title": "Ad title", "ad_description": "Ad description", "landing_page": "Landing page"},
-    label_fields={"title": (), "description": ()},
-    tags={"title": "Title", "description": "Description"},
-    instruction="You rewrite ad creatives: fix defects, keep the same product, brand, price and location facts.",
-    label_guidelines="Never add claims the landing page does not support.",
-    generation_instruction="You rewrite ad titles and descriptions.",
-    generation_rules=("Keep product, brand, price and location facts.", "Fix typos, all caps and placeholders."),
-    reasoning_variants=(
-        PromptVariant(id="steps", question="Why is the given rewrite an improvement that keeps the offer?",
-                      steps=("Name what the original ad offers and its defects.",
-                             "Explain what the rewrite keeps and what it fixes.")),
-    ),
-)
-
-_KEYWORD_EXTENSION = TaskSpec(
-    name="keyword_extension",
-    description="Extend an advertiser keyword with related keywords under which the ad should also match.",
-    input_fields=("keyword", "ad_title", "ad_description"),
-    input_titles={"keyword": "Keyword", "ad_title": "Ad title", "ad_description": "Ad description"},
-    label_fields={"keywords": ()},
-    tags={"keywords": "Keywords"},
-    instruction="You suggest related keywords (comma-separated) for an ad.",
-    label_guidelines="Keywords must keep the product category and purchase intent.",
-    generation_instruction="You expand advertiser keyword lists.",
-    generation_rules=("Same category.", "Semantically related variants only."),
-    reasoning_variants=(
-        PromptVariant(id="steps", question="Why are the given keywords good extensions?",
-                      steps=("Name the keyword's category and intent.",
-                             "Explain how each keyword keeps them.")),
-    ),
-)
-
-_PAIRWISE = TaskSpec(
-    name="pairwise_judgment",
-    description="Compare a candidate model's output with the production baseline's on the same input.",
-    input_fields=("task_prompt", "response_a", "response_b"),
-    input_titles={"task_prompt": "Task", "response_a": "Response A (baseline)",
-                  "response_b": "Response B (candidate)"},
-    label_fields={"preference": ("a", "b", "tie")},
-    tags={"preference": "Preference"},
-    instruction="You judge which of two model responses is better for the task: quality, safety and policy "
-                "adherence.",
-    label_guidelines="A = the baseline is better; B = the candidate is better; Tie = no meaningful difference.",
-    defect_values={"preference": ("a",)},
-    value_display=_cap,
-    reasoning_variants=(
-        PromptVariant(id="steps", question="Why is the given preference appropriate?",
-                      steps=("Summarize what the task asks.", "List strengths and weaknesses of each response.",
-                             "Explain why the given preference follows.")),
-    ),
-)
-
-_REGISTRY: dict[str, TaskSpec] = {t.name: t for t in (
-    _QUERY_AD, _AD_USER, _KEYWORD_QUERY, _USER_QUERY, _USER_PROFILE, _AD_REWRITE, _KEYWORD_EXTENSION, _PAIRWISE)}
-
+#: Names of the built-in tasks (registered user tasks: `task_names()`).
 TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+#: The §3.2 keyword-query rules (the `keyword_query` task's generation rules).
+KEYWORD_RULES: tuple[str, ...] = _REGISTRY["keyword_query"].generation_rules
 
 for _t in _REGISTRY.values():
     CONTROL_TAGS.update(_t.tags.values())
+
+
+def _known() -> str:
+    return f"known tasks: {list(_REGISTRY)}"
 
 
 def get_task(name: str) -> TaskSpec:
@@ -286,8 +64,80 @@ def get_task(name: str) -> TaskSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise UnknownTaskError(f"unknown task `name`={name!r}; known tasks: {list(TASK_NAMES)}") from None
+        raise UnknownTaskError(f"unknown task `name`={name!r}; {_known()}") from None
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task name: the built-ins, then user tasks in registration order."""
+    return tuple(_REGISTRY)
 
 
 def all_tasks() -> list[TaskSpec]:
     return list(_REGISTRY.values())
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith(".toml") or os.sep in ref or "/" in ref
+
+
+def load_task(ref: str | os.PathLike[str] | TaskSpec) -> TaskSpec:
+    """A task by registered name ("query_ad") or by path to a TOML task file ("tasks/esci.toml").
+
+    Loading a file does not register it (see `register_task`), but its tags join `CONTROL_TAGS` so inputs are
+    defanged against them. A `TaskSpec` passes through.
+    """
+    if isinstance(ref, TaskSpec):
+        return ref
+    if isinstance(ref, os.PathLike) or (isinstance(ref, str) and _looks_like_path(ref)):
+        spec = load_task_file(ref)
+        CONTROL_TAGS.update(spec.tags.values())
+        return spec
+    if isinstance(ref, str) and ref in _REGISTRY:
+        return _REGISTRY[ref]
+    raise UnknownTaskError(f"unknown task {ref!r}: not a registered name and not a path to a .toml task file; "
+                           f"{_known()}")
+
+
+def register_task(spec_or_path: TaskSpec | str | os.PathLike[str], *, replace: bool = False) -> TaskSpec:
+    """Register a task (a `TaskSpec` or a TOML task file) under its `name`, so `get_task(name)` finds it.
+
+    Registering the same definition twice is a no-op; a different definition under a taken name is refused
+    unless `replace=True` (so a user file cannot silently change a built-in task's prompts).
+    """
+    spec = spec_or_path if isinstance(spec_or_path, TaskSpec) else load_task_file(spec_or_path)
+    old = _REGISTRY.get(spec.name)
+    if old is not None and old.hash != spec.hash and not replace:
+        raise ConfigError(f"task `{spec.name}` is already registered with a different definition (sha256 "
+                          f"{old.hash[:12]} vs {spec.hash[:12]}); pass replace=True or choose another `name`")
+    _REGISTRY[spec.name] = spec
+    CONTROL_TAGS.update(spec.tags.values())
+    return spec
+
+
+def save_task(spec: TaskSpec, folder: str | os.PathLike[str]) -> Path:
+    """Write `spec` as `<folder>/tasks/<name>.toml` (atomic); returns the file's path."""
+    from adnanny_cook.corpus import atomic_write_bytes
+
+    path = Path(folder) / TASKS_DIR / f"{spec.name}.toml"
+    atomic_write_bytes(path, task_to_toml(spec).encode("utf-8"))
+    return path
+
+
+def load_task_from_dir(folder: str | os.PathLike[str], name: str) -> TaskSpec:
+    """The definition of task `name` that a corpus or model folder was built with (`<folder>/tasks/<name>.toml`).
+
+    A folder without a `tasks/` directory (written before task files existed) falls back to the registered
+    task of that name; a `tasks/` directory without the file is an error naming the path.
+    """
+    d = Path(folder)
+    f = d / TASKS_DIR / f"{name}.toml"
+    if f.is_file():
+        spec = load_task_file(f)
+        if spec.name != name:
+            raise UnknownTaskError(f"task file `{f}` defines task {spec.name!r}, not {name!r}")
+        CONTROL_TAGS.update(spec.tags.values())
+        return spec
+    if not (d / TASKS_DIR).is_dir() and name in _REGISTRY:
+        return _REGISTRY[name]
+    have = sorted(p.stem for p in (d / TASKS_DIR).glob("*.toml")) if (d / TASKS_DIR).is_dir() else []
+    raise UnknownTaskError(f"no task definition `{f}` for task {name!r}; the folder has task files {have}")

@@ -19,8 +19,8 @@ the input. The data itself is not otherwise changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from adnanny_cook.errors import (ConfigError, InvalidLabelError, MalformedOutputError, MissingTagError,
@@ -30,6 +30,8 @@ __all__ = ["CONTROL_TAGS", "Message", "ParsedOutput", "PromptVariant", "TaskSpec
 
 Message = dict[str, str]
 Mode = Literal["reasoning", "label"]
+ValueDisplay = Literal["capitalize", "as_is"]
+VALUE_DISPLAYS: tuple[str, ...] = ("capitalize", "as_is")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -89,13 +91,18 @@ class PromptVariant:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Schema and prompts of one offline task.
+    """Schema and prompts of one offline task, usually loaded from a TOML task file (`load_task`).
 
     `label_fields` maps an output field to its allowed values; an empty tuple means free text (generation tasks:
     the "label" is the generated query, profile, rewrite...). `tags` maps each field to its XML tag name and
     `field_order` fixes the order tags are written in. `label_stop` holds the strings after which a label-only
     generation is complete (the closing tag of the last field): a server may stop there and must keep the stop
     text in the output (or re-append it) before calling `parse`.
+
+    Optional parts: an input field in `optional_inputs` may be blank (it is then left out of the prompt); a label
+    field in `optional_labels` may be absent from a row's labels (`validate_labels`, `format_target`). A dataset
+    that carries only some label fields trains on `select_labels(...)`, the task restricted to those fields,
+    whose prompt asks for (and whose parser requires) exactly those tags.
     """
 
     name: str
@@ -111,7 +118,23 @@ class TaskSpec:
     generation_instruction: str | None = None
     generation_rules: tuple[str, ...] = ()
     inference_example: tuple[dict[str, Any], dict[str, Any], str] | None = None
-    value_display: Callable[[str, Any], str] | None = None
+    #: how label values are written between tags: "capitalize" ("good" -> "Good") or "as_is"
+    value_display: ValueDisplay = "as_is"
+    optional_inputs: tuple[str, ...] = ()
+    optional_labels: tuple[str, ...] = ()
+    #: user values -> canonical values, per label field (E/S/C/I, star ratings "4.5", "Exact"...)
+    label_map: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: how cooking prompts name a label field ("Given relevance label: Fair"); default: the field name
+    label_titles: dict[str, str] = field(default_factory=dict)
+    #: phrases by which a reasoning text states a field's value ("relevance label 'Fair'"); default: the title
+    stated_as: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: input fields whose text groups rows for the train/eval split (near-duplicates share a side)
+    split_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.value_display not in VALUE_DISPLAYS:
+            raise ConfigError(f"task `{self.name}`: `value_display` must be one of {list(VALUE_DISPLAYS)}, got "
+                              f"{self.value_display!r}")
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -124,8 +147,73 @@ class TaskSpec:
         return "label" if all(self.label_fields.values()) else "generation"
 
     @property
+    def required_inputs(self) -> tuple[str, ...]:
+        return tuple(f for f in self.input_fields if f not in self.optional_inputs)
+
+    @property
+    def required_labels(self) -> tuple[str, ...]:
+        return tuple(f for f in self.label_fields if f not in self.optional_labels)
+
+    @property
+    def primary_field(self) -> str | None:
+        """The first label field that has defect values (the one a binary defect view scores), None if none."""
+        return next((f for f in self.label_fields if self.defect_values.get(f)), None)
+
+    @property
+    def group_fields(self) -> tuple[str, ...]:
+        """`split_keys`, or the first required input when the definition names none."""
+        return self.split_keys or self.required_inputs[:1] or self.input_fields[:1]
+
+    @property
     def label_stop(self) -> tuple[str, ...]:
         return (f"</{self.tags[self.field_order[-1]]}>",)
+
+    @property
+    def hash(self) -> str:
+        """sha256 hex of the canonical definition (`to_dict`): equal hashes = equal prompts, tags and labels."""
+        import hashlib
+        import json
+
+        blob = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The definition as the TOML task file's tables (`task_to_toml` writes it; `spec_from_dict` reads it)."""
+        from adnanny_cook.tasks.schema import spec_to_dict
+
+        return spec_to_dict(self)
+
+    def select_labels(self, fields: Sequence[str]) -> TaskSpec:
+        """This task restricted to the label fields `fields` (kept in the task's own order).
+
+        The result asks for, renders and parses only those tags (relevance-only `query_ad`: `<Label>` alone);
+        its name is unchanged and its `hash` differs. Every required label field must be selected.
+        """
+        fields = tuple(dict.fromkeys(fields))
+        unknown = [f for f in fields if f not in self.label_fields]
+        if unknown:
+            raise ConfigError(f"task `{self.name}` has no label fields {unknown}; its fields are "
+                              f"{list(self.label_fields)}")
+        missing = [f for f in self.required_labels if f not in fields]
+        if missing:
+            raise ConfigError(f"task `{self.name}`: label fields {missing} are required and must be selected "
+                              f"(optional: {list(self.optional_labels)})")
+        if not fields:
+            raise ConfigError(f"task `{self.name}`: select at least one label field of {list(self.label_fields)}")
+        if fields == self.field_order or set(fields) == set(self.label_fields):
+            return self
+        keep = [f for f in self.label_fields if f in fields]
+        ex = self.inference_example
+        if ex is not None:
+            ex = (ex[0], {f: v for f, v in ex[1].items() if f in keep}, ex[2])
+        return replace(
+            self, label_fields={f: self.label_fields[f] for f in keep}, tags={f: self.tags[f] for f in keep},
+            defect_values={f: v for f, v in self.defect_values.items() if f in keep},
+            optional_labels=tuple(f for f in self.optional_labels if f in keep),
+            label_map={f: v for f, v in self.label_map.items() if f in keep},
+            label_titles={f: v for f, v in self.label_titles.items() if f in keep},
+            stated_as={f: v for f, v in self.stated_as.items() if f in keep},
+            inference_example=ex)
 
     def open_tag(self, field_name: str) -> str:
         return f"<{self.tags[field_name]}>"
@@ -133,12 +221,24 @@ class TaskSpec:
     def close_tag(self, field_name: str) -> str:
         return f"</{self.tags[field_name]}>"
 
+    def display(self, field_name: str, value: Any) -> str:
+        """A canonical value as written in prompts and targets (`value_display`)."""
+        if self.value_display == "capitalize" and isinstance(value, str):
+            return value.capitalize()
+        return str(value)
+
     def render_value(self, field_name: str, value: Any) -> str:
         """The text written between a field's tags ("Good", "3", a query)."""
         self.check_value(field_name, value)
-        if self.value_display is not None:
-            return self.value_display(field_name, value)
-        return str(value)
+        return self.display(field_name, value)
+
+    def label_title(self, field_name: str) -> str:
+        """How cooking prompts name a label field ("relevance label"); default: the field name with spaces."""
+        return self.label_titles.get(field_name) or field_name.replace("_", " ")
+
+    def stated_phrases(self, field_name: str) -> tuple[str, ...]:
+        """Phrases that introduce a stated value of the field in reasoning text (see `filters.stated_labels`)."""
+        return self.stated_as.get(field_name) or (self.label_title(field_name),)
 
     # ------------------------------------------------------------------ validation
     def check_value(self, field_name: str, value: Any) -> Any:
@@ -181,9 +281,34 @@ class TaskSpec:
                     return a
         return None
 
+    def map_label(self, field_name: str, value: Any) -> Any:
+        """A user's value -> the canonical value: `label_map` first ("E" -> "good", "4.5" -> 3), then
+        `check_value` (so canonical values, any case, pass too). Raises `InvalidLabelError` naming the mapped
+        values and the allowed set."""
+        table = self.label_map.get(field_name)
+        if table and value is not None and not isinstance(value, bool):
+            keys = [str(value).strip()]
+            if isinstance(value, float) and value.is_integer():
+                keys.append(str(int(value)))
+            for k in keys:
+                if k in table:
+                    return self.check_value(field_name, table[k])
+            low = {str(k).lower(): v for k, v in table.items()}
+            for k in keys:
+                if k.lower() in low:
+                    return self.check_value(field_name, low[k.lower()])
+        try:
+            return self.check_value(field_name, value)
+        except InvalidLabelError as e:
+            if not table:
+                raise
+            raise InvalidLabelError(f"{e}; `label_map` maps {sorted(table)}", task=self.name,
+                                    field=field_name) from None
+
     def validate_labels(self, labels: Mapping[str, Any]) -> dict[str, Any]:
-        """Canonical labels for every field (missing or unknown fields raise)."""
-        missing = [f for f in self.label_fields if f not in labels]
+        """Canonical labels, in field order: a missing required field or an unknown field raises; optional
+        fields (`optional_labels`) may be absent."""
+        missing = [f for f in self.required_labels if f not in labels]
         if missing:
             raise MissingTagError(f"task `{self.name}` labels miss {missing}; got keys {sorted(labels)}",
                                   task=self.name, field=missing[0])
@@ -191,16 +316,11 @@ class TaskSpec:
         if extra:
             raise InvalidLabelError(f"task `{self.name}` has no label fields {extra}; its fields are "
                                     f"{list(self.label_fields)}", task=self.name, field=extra[0])
-        return {f: self.check_value(f, labels[f]) for f in self.label_fields}
+        return {f: self.check_value(f, labels[f]) for f in self.label_fields if f in labels}
 
     def missing_inputs(self, row: Mapping[str, Any]) -> list[str]:
-        """Input fields that are absent, None or blank in `row`."""
-        out = []
-        for f in self.input_fields:
-            v = row.get(f)
-            if v is None or (isinstance(v, str) and not v.strip()):
-                out.append(f)
-        return out
+        """Required input fields that are absent, None or blank in `row` (optional ones may be blank)."""
+        return [f for f in self.required_inputs if _blank(row.get(f))]
 
     # ------------------------------------------------------------------ prompts
     def render_input(self, row: Mapping[str, Any]) -> str:
@@ -208,7 +328,9 @@ class TaskSpec:
         if missing:
             raise MissingTagError(f"task `{self.name}` input row misses fields {missing}; it needs "
                                   f"{list(self.input_fields)}", task=self.name, field=missing[0])
-        return "\n".join(f"{self.input_titles[f]}: {defang(str(row[f]).strip())}" for f in self.input_fields)
+        # a blank optional input (no ad description) is left out rather than rendered as "Ad description: "
+        return "\n".join(f"{self.input_titles[f]}: {defang(str(row[f]).strip())}" for f in self.input_fields
+                         if not _blank(row.get(f)))
 
     def output_format(self, mode: Mode) -> str:
         tags = "\n".join(f"{self.open_tag(f)}{self._placeholder(f)}{self.close_tag(f)}" for f in self.field_order)
@@ -221,7 +343,7 @@ class TaskSpec:
         allowed = self.label_fields[f]
         if not allowed:
             return f"...{f}..."
-        return "|".join(self.value_display(f, a) if self.value_display else str(a) for a in allowed)
+        return "|".join(self.display(f, a) for a in allowed)
 
     def render_messages(self, row: Mapping[str, Any], mode: Mode = "reasoning", example: bool = False
                         ) -> list[Message]:
@@ -241,7 +363,7 @@ class TaskSpec:
         """The assistant text: ``<think>reasoning</think>`` + tags (reasoning mode) or the tags alone."""
         canon = self.validate_labels(labels)
         tags = "\n".join(f"{self.open_tag(f)}{self.render_value(f, canon[f])}{self.close_tag(f)}"
-                         for f in self.field_order)
+                         for f in self.field_order if f in canon)
         if reasoning is None:
             return tags
         r = reasoning.strip()
@@ -258,8 +380,10 @@ class TaskSpec:
         they fit, in explicit steps, then repeat the labels in tags. It never asks for a new label."""
         v = self.variant(variant)
         canon = self.validate_labels(labels)
-        given = "\n".join(f"Given {self._field_title(f)}: {defang(self.render_value(f, canon[f]))}"
-                          for f in self.field_order)
+        given = "\n".join(f"Given {self.label_title(f)}: {defang(self.render_value(f, canon[f]))}"
+                          for f in self.field_order if f in canon)
+        # labels without their optional fields: ask for exactly the tags that are given
+        shown = self if len(canon) == len(self.label_fields) else self.select_labels(tuple(canon))
         steps = "\n".join(f"{i}. {s}" for i, s in enumerate(v.steps, 1))
         system = (f"You are an expert ads relevance analyst preparing training data. {self.description}\n"
                   f"{self.label_guidelines}\n\nThe labels below are already decided and correct. Do not choose "
@@ -268,7 +392,7 @@ class TaskSpec:
         if v.example:
             system += "\n\nExample of the expected reasoning:\n" + v.example
         user = (f"{self.render_input(row)}\n{given}\n\n{v.question}\nAnswer in these steps:\n{steps}\n\n"
-                f"{self.output_format('reasoning')}\nThe tags must repeat the given values exactly.")
+                f"{shown.output_format('reasoning')}\nThe tags must repeat the given values exactly.")
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def generation_messages(self, row: Mapping[str, Any], n: int = 4) -> list[Message]:
@@ -345,10 +469,6 @@ class TaskSpec:
         raise ConfigError(f"`variant` {variant!r} unknown for task `{self.name}`; known: "
                          f"{[v.id for v in self.reasoning_variants]}")
 
-    def _field_title(self, f: str) -> str:
-        return {"label": "relevance label", "location_label": "location label", "quality_label": "ad-quality label",
-                }.get(f, f.replace("_", " ")) if self.name == "query_ad" else f.replace("_", " ")
-
     # ------------------------------------------------------------------ parsing
     def parse(self, text: str, mode: Mode | None = None) -> ParsedOutput:
         """Parse a model output strictly (see the module docstring); raise a `ParseError` subclass on failure."""
@@ -389,6 +509,10 @@ class TaskSpec:
                                   f"{[self.open_tag(f) for f in missing]}", task=self.name, field=missing[0],
                                   text=text)
         return ParsedOutput(labels=labels, reasoning=reasoning, raw=text)
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
 
 
 _TAG_ITEM = re.compile(r"<([A-Za-z]+)>(.*?)</\1>", re.DOTALL)
