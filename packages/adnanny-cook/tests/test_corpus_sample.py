@@ -18,9 +18,10 @@ from adnanny_cook.tasks import get_task
 
 def test_public_api_is_pinned() -> None:
     assert adnanny_cook.__all__ == [
-        "CORPUS_COLUMNS", "AdNannyCookError", "BadRowError", "ConfigError", "CookConfig", "CorpusSchemaError",
-        "ParseError", "TASK_NAMES", "TaskSpec", "TeacherClient", "TeacherError", "__version__", "get_task",
-        "make_row", "make_sample", "read_corpus", "run_cook", "write_corpus"]
+        "CORPUS_COLUMNS", "AdNannyCookError", "BadRowError", "ConfigError", "CookConfig", "CorpusConfig",
+        "CorpusSchemaError", "ParseError", "TASK_NAMES", "TaskSpec", "TeacherClient", "TeacherError", "__version__",
+        "get_task", "load_task", "load_task_from_dir", "make_row", "make_sample", "read_corpus", "register_task",
+        "run_cook", "run_corpus", "write_corpus"]
     assert CORPUS_COLUMNS == ("id", "task", "mode", "messages", "target", "labels", "reasoning", "split",
                               "provenance", "input")
 

@@ -5,13 +5,14 @@ The top level stays light (no torch, openai, polars or ray at import); heavy mod
 
 from adnanny_cook.__about__ import __version__
 from adnanny_cook.client import TeacherClient
-from adnanny_cook.config import CookConfig
+from adnanny_cook.config import CookConfig, CorpusConfig
 from adnanny_cook.corpus import CORPUS_COLUMNS, make_row, read_corpus, write_corpus
 from adnanny_cook.errors import (AdNannyCookError, BadRowError, ConfigError, CorpusSchemaError, ParseError,
                                  TeacherError)
+from adnanny_cook.label_corpus import run_corpus
 from adnanny_cook.pipeline import run_cook
 from adnanny_cook.sample import make_sample
-from adnanny_cook.tasks import TASK_NAMES, TaskSpec, get_task
+from adnanny_cook.tasks import TASK_NAMES, TaskSpec, get_task, load_task, load_task_from_dir, register_task
 
 __all__ = [
     "CORPUS_COLUMNS",
@@ -19,6 +20,7 @@ __all__ = [
     "BadRowError",
     "ConfigError",
     "CookConfig",
+    "CorpusConfig",
     "CorpusSchemaError",
     "ParseError",
     "TASK_NAMES",
@@ -27,9 +29,13 @@ __all__ = [
     "TeacherError",
     "__version__",
     "get_task",
+    "load_task",
+    "load_task_from_dir",
     "make_row",
     "make_sample",
     "read_corpus",
+    "register_task",
     "run_cook",
+    "run_corpus",
     "write_corpus",
 ]

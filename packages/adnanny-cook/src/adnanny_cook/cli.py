@@ -1,4 +1,4 @@
-"""`adnanny-cook <verb>`: sample | run | validate-prompts | check-corpus.
+"""`adnanny-cook <verb>`: sample | run | corpus | validate-prompts | check-corpus.
 
 Heavy imports happen inside the verbs, so `adnanny-cook --help` stays instant.
 """

@@ -14,27 +14,28 @@ from typing import Any
 __all__ = ["add_run_parsers"]
 
 
-def _field_docs() -> dict[str, str]:
-    """The trailing `# comment` of each CookConfig field (one source of truth for TOML keys and --help)."""
+def _field_docs(kind: Any = None) -> dict[str, str]:
+    """The trailing `# comment` of each config field (one source of truth for TOML keys and --help)."""
     import inspect
     import re
 
     from adnanny_cook.config import CookConfig
 
     docs = {}
-    for line in inspect.getsource(CookConfig).splitlines():
+    for line in inspect.getsource(kind or CookConfig).splitlines():
         m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
         if m:
             docs[m.group(1)] = m.group(2).strip()
     return docs
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, kind: Any = None) -> None:
     from adnanny_cook.config import CookConfig
 
-    docs = _field_docs()
-    p.add_argument("--config", help="cook.toml (keys = the flags below, without dashes)")
-    for f in fields(CookConfig):
+    kind = kind or CookConfig
+    docs = _field_docs(kind)
+    p.add_argument("--config", help="TOML file (keys = the flags below, without dashes)")
+    for f in fields(kind):
         names = sorted({f"--{f.name.replace('_', '-')}", f"--{f.name}"})
         t = str(f.type)
         if t == "bool":
@@ -47,14 +48,15 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest/report as JSON")
 
 
-def _load(a: argparse.Namespace, *, input_from_golden: bool = False) -> Any:
+def _load(a: argparse.Namespace, *, input_from_golden: bool = False, kind: Any = None) -> Any:
     from adnanny_cook.config import CookConfig, load_config
 
-    overrides = {f.name: getattr(a, f.name) for f in fields(CookConfig)}
+    kind = kind or CookConfig
+    overrides = {f.name: getattr(a, f.name) for f in fields(kind)}
     if input_from_golden and overrides["input"] is None and overrides["golden"] is not None:
         # validate-prompts reads only the golden set; don't make users name a corpus input it never opens
         overrides["input"] = overrides["golden"]
-    return load_config(a.config, overrides)
+    return load_config(a.config, overrides, kind=kind)
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -69,7 +71,31 @@ def _cmd_run(a: argparse.Namespace) -> int:
               f"({t.get('calls', 0)} teacher calls, {t.get('cache_hits', 0)} cached, "
               f"{t.get('retries', 0)} retries; dropped {m['filters']['dropped']}; "
               f"bad input rows {m['filters']['bad_input_rows']})")
-    return 0
+    return _warn_empty("run", m)
+
+
+def _warn_empty(verb: str, m: Any) -> int:
+    """Exit status of a finished run: non-zero, with the reason on stderr, when the corpus is empty."""
+    import sys
+
+    for w in m.get("warnings", []):
+        print(f"adnanny-cook {verb}: warning: {w}", file=sys.stderr)
+    return 1 if m["rows"] == 0 else 0
+
+
+def _cmd_corpus(a: argparse.Namespace) -> int:
+    from adnanny_cook.config import CorpusConfig
+    from adnanny_cook.label_corpus import run_corpus
+
+    m = run_corpus(_load(a, kind=CorpusConfig))
+    if a.json:
+        print(json.dumps(m, sort_keys=True, default=str))
+    else:
+        t = m["tasks"].get(m["task"], {})
+        print(f"wrote {m['rows']} label rows of task `{m['task']}` (labels {t.get('labels')}, sha256 "
+              f"{str(t.get('hash'))[:12]}) -> {m['corpus_path']}: train {m['splits']['train']}, eval "
+              f"{m['splits']['eval']}; bad input rows {m['filters']['bad_input_rows']}")
+    return _warn_empty("corpus", m)
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
@@ -103,6 +129,16 @@ def add_run_parsers(sub: Any) -> None:
                                    "command resumes: finished chunks are skipped and cached calls are not repeated.")
     _add_config_flags(r)
     r.set_defaults(fn=_cmd_run)
+    from adnanny_cook.config import CorpusConfig
+
+    c = sub.add_parser("corpus", help="labeled rows -> a label-only corpus, no teacher (same split, card, checks)",
+                       description="Turn your labeled file (CSV, JSONL or Parquet) into a label-only training "
+                                   "corpus: the task's prompts with your labels as targets, grouped train/eval "
+                                   "split, task definition and dataset card. --task takes a built-in name or a "
+                                   "TOML task file; --columns maps task fields to your columns "
+                                   "(query=search_term,label=esci); --labels picks the label fields.")
+    _add_config_flags(c, CorpusConfig)
+    c.set_defaults(fn=_cmd_corpus)
     v = sub.add_parser("validate-prompts", help="golden-set prompt validation (§3.3): report + gate (exit 1 on fail)")
     _add_config_flags(v)
     v.set_defaults(fn=_cmd_validate)

@@ -16,7 +16,7 @@ from typing import Any
 
 from adnanny_cook.errors import ConfigError
 
-__all__ = ["CookConfig", "load_config"]
+__all__ = ["CookConfig", "CorpusConfig", "load_config"]
 
 
 @dataclass
@@ -121,16 +121,7 @@ class CookConfig:
                 bad = [v for v in getattr(self, key) if v not in known]
                 if bad:
                     errs.append(f"`{key}` has unknown variant ids {bad} for task `{self.task}`; known: {known}")
-            valid_fields = set(spec.input_fields) | set(spec.label_fields)
-            if self.labels:
-                try:
-                    spec.select_labels(tuple(self.labels))
-                except ConfigError as e:
-                    errs.append(f"`labels`: {e}")
-            bad_cols = [k for k in self.columns if k not in valid_fields]
-            if bad_cols:
-                errs.append(f"`columns` maps unknown task fields {bad_cols}; task `{self.task}` fields are "
-                            f"{sorted(valid_fields)}")
+            _check_task_keys(self, spec, errs)
         if errs:
             raise ConfigError("invalid cook config:\n  " + "\n  ".join(errs))
 
@@ -224,10 +215,13 @@ def _coerce(name: str, ftype: Any, value: Any, errs: list[str]) -> Any:
             return [str(v) for v in value]
         if t.startswith("dict"):
             if isinstance(value, str):
-                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    raise ValueError(value)
-                return {a.strip(): b.strip() for a, b in pairs}
+                from adnanny_cook.inputs import parse_columns  # the one `a=b,c=d` parser (serve uses it too)
+
+                try:
+                    return parse_columns(value)
+                except ConfigError as e:
+                    errs.append(str(e))
+                    return None
             if not isinstance(value, dict):
                 raise ValueError(value)
             return {str(a): str(b) for a, b in value.items()}
@@ -237,8 +231,69 @@ def _coerce(name: str, ftype: Any, value: Any, errs: list[str]) -> Any:
     return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> CookConfig:
-    """TOML file (optional) + overrides (flag values; None means "not given") -> validated `CookConfig`."""
+@dataclass
+class CorpusConfig:
+    """Configuration of `adnanny-cook corpus`: labeled rows -> a label-only corpus, no teacher involved."""
+
+    task: str = ""                        # task name (adnanny_cook.tasks.TASK_NAMES) or path to a TOML task file
+    input: str = ""                       # labeled rows: .csv, .jsonl, .parquet or .json
+    out: str = ""                         # output directory (corpus.parquet, tasks/, card, rejects, manifest)
+    columns: dict[str, str] = field(default_factory=dict)  # task field -> column name in `input`
+    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + columns present)
+    id_column: str = "id"                 # row id column (row number when absent); ids are kept as corpus ids
+    limit: int = 0                        # use only the first N rows (0 = all)
+    on_bad_row: str = "error"             # "error": stop naming the rows; "quarantine": write rejects.jsonl
+    split_column: str = ""                # use your own split (train/eval; test/val/dev count as eval) instead
+    eval_fraction: float = 0.1            # share of rows in the eval split (grouped by the task's split_keys)
+    seed: int = 0                         # split and shuffle seed
+    near_dup_threshold: float = 0.8       # token Jaccard of split keys above which rows share a split group
+    example: bool = False                 # add the task's worked example to every prompt
+
+    def __post_init__(self) -> None:
+        errs: list[str] = []
+        spec = CookConfig._resolve_task(self, errs)  # type: ignore[arg-type]
+        for key in ("input", "out"):
+            if not getattr(self, key):
+                errs.append(f"`{key}` is required (set it in the TOML file or with --{key.replace('_', '-')})")
+        if self.on_bad_row not in ("error", "quarantine"):
+            errs.append(f"`on_bad_row` must be 'error' or 'quarantine', got {self.on_bad_row!r}")
+        if self.limit < 0:
+            errs.append(f"`limit` must be >= 0, got {self.limit!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            errs.append(f"`eval_fraction` must be in [0, 1), got {self.eval_fraction!r}")
+        if not 0.0 <= self.near_dup_threshold <= 1.0:
+            errs.append(f"`near_dup_threshold` must be in [0, 1], got {self.near_dup_threshold!r}")
+        if spec is not None:
+            _check_task_keys(self, spec, errs)
+        if errs:
+            raise ConfigError("invalid corpus config:\n  " + "\n  ".join(errs))
+
+    base_spec = CookConfig.base_spec
+    spec = CookConfig.spec
+    task_name = CookConfig.task_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_task_keys(cfg: Any, spec: Any, errs: list[str]) -> None:
+    """`labels` and `columns` against the task's fields (shared by both configs)."""
+    valid_fields = set(spec.input_fields) | set(spec.label_fields)
+    if cfg.labels:
+        try:
+            spec.select_labels(tuple(cfg.labels))
+        except ConfigError as e:
+            errs.append(f"`labels`: {e}")
+    bad_cols = [k for k in cfg.columns if k not in valid_fields]
+    if bad_cols:
+        errs.append(f"`columns` maps unknown task fields {bad_cols}; task `{spec.name}` fields are "
+                    f"{sorted(valid_fields)}")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None, *,
+                kind: type = CookConfig) -> Any:
+    """TOML file (optional) + overrides (flag values; None means "not given") -> validated config of type `kind`
+    (`CookConfig`, or `CorpusConfig` for `adnanny-cook corpus`)."""
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -248,13 +303,14 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             raise ConfigError(f"config file `{p}` does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file `{p}` is not valid TOML: {e}") from None
-        # allow one optional [cook] table
-        if set(data) == {"cook"} and isinstance(data["cook"], dict):
-            data = data["cook"]
+        # allow one optional [cook] (or [corpus]) table
+        for table in ("cook", "corpus"):
+            if set(data) == {table} and isinstance(data[table], dict):
+                data = data[table]
     for k, v in (overrides or {}).items():
         if v is not None:
             data[k] = v
-    known = {f.name: f for f in fields(CookConfig)}
+    known = {f.name: f for f in fields(kind)}
     errs: list[str] = []
     unknown = sorted(k for k in data if k not in known)
     for k in unknown:
@@ -266,10 +322,11 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             val = _coerce(k, known[k].type, v, errs)
             if val is not None:
                 kwargs[k] = val
+    what = "cook" if kind is CookConfig else "corpus"
     try:
-        cfg = CookConfig(**kwargs)
+        cfg = kind(**kwargs)
     except ConfigError as e:  # report key/type errors and value errors together
         errs += str(e).split("\n  ")[1:]
     if errs:
-        raise ConfigError("invalid cook config:\n  " + "\n  ".join(errs))
+        raise ConfigError(f"invalid {what} config:\n  " + "\n  ".join(errs))
     return cfg

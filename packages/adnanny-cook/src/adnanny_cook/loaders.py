@@ -29,6 +29,7 @@ class Item:
     id: str
     input: dict[str, Any]
     labels: dict[str, Any] | None   # None: a generation task whose output must be generated first
+    split: str | None = None        # the row's own split ("train"/"eval") when a `split_column` is read
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Dataset:
     items: list[Item]
     rejects: list[dict[str, Any]]
     rows_read: int
+
+
+#: Values a user's split column may hold -> the corpus split.
+_SPLIT_NAMES = {"train": "train", "eval": "eval", "test": "eval", "val": "eval", "valid": "eval",
+                "validation": "eval", "dev": "eval"}
 
 
 def _blank(v: Any) -> bool:
@@ -63,7 +69,7 @@ def dataset_labels(spec: TaskSpec, present: Sequence[str], labels: Sequence[str]
 
 def load_dataset(path: str | Path, task: str | TaskSpec, *, columns: Mapping[str, str] | None = None,
                  id_column: str = "id", on_bad_row: str = "error", limit: int = 0,
-                 labels: Sequence[str] | None = None) -> Dataset:
+                 labels: Sequence[str] | None = None, split_column: str = "") -> Dataset:
     """Read, map (`columns`, `label_map`) and validate the rows of `path` for `task` (see the module docstring)."""
     base = load_task(task)
     cols = dict(columns or {})
@@ -75,6 +81,9 @@ def load_dataset(path: str | Path, task: str | TaskSpec, *, columns: Mapping[str
             break
     present = {k for r in flat[:1024] for k in r}
     spec = dataset_labels(base, sorted(present), labels)
+    if flat and split_column and split_column not in present:
+        raise BadRowError(f"input file `{path}` has no split column `{split_column}`; the file has columns "
+                          f"{sorted(present)}")
     if flat:
         absent = [f for f in spec.required_inputs if f not in present]
         if absent:
@@ -110,6 +119,12 @@ def load_dataset(path: str | Path, task: str | TaskSpec, *, columns: Mapping[str
                 mapped = f" or a `label_map` key {sorted(spec.label_map[f])}" if spec.label_map.get(f) else ""
                 reasons.append(f"label column `{c}` has {v!r}, not in "
                                f"{list(allowed) if allowed else 'text'}{mapped}")
+        split = None
+        if split_column:
+            sv = r.get(split_column)
+            split = _SPLIT_NAMES.get(str(sv).strip().lower()) if not _blank(sv) else None
+            if split is None:
+                reasons.append(f"split column `{split_column}` has {sv!r}; expected one of {sorted(_SPLIT_NAMES)}")
         if rid in seen:
             reasons.append(f"duplicate id {rid!r} in column `{id_column}`")
         seen.add(rid)
@@ -118,7 +133,7 @@ def load_dataset(path: str | Path, task: str | TaskSpec, *, columns: Mapping[str
                             "data": {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
                                      for k, v in r.items()}})
             continue
-        items.append(Item(rid, {k: ("" if v is None else str(v)) for k, v in inp.items()}, lab))
+        items.append(Item(rid, {k: ("" if v is None else str(v)) for k, v in inp.items()}, lab, split))
     if rejects and on_bad_row == "error":
         shown = "\n  ".join(f"row {x['row']} (id={x['id']!r}): " + "; ".join(x["reasons"]) for x in rejects[:20])
         more = f"\n  ... and {len(rejects) - 20} more" if len(rejects) > 20 else ""

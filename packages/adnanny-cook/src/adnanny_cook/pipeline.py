@@ -143,7 +143,8 @@ def run_cook(cfg: CookConfig) -> CookResult:
     else:
         stats = asyncio.run(_cook_local(cfg, chunks, todo, done, embedder))
     results = [r for i in range(len(chunks)) for r in done[i]]
-    return _finalize(cfg, results, rejects, pre_drops, stats, embedder, gate, t0, resumed=len(chunks) - len(todo))
+    return _finalize(cfg, results, rejects, pre_drops, stats, embedder, gate, t0, resumed=len(chunks) - len(todo),
+                     rows_read=ds.rows_read)
 
 
 async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int],
@@ -179,7 +180,7 @@ async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int]
 
 def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict[str, Any]],
               pre_drops: list[dict[str, Any]], stats: dict[str, Any], embedder: Any, gate: Any, t0: float,
-              resumed: int) -> CookResult:
+              resumed: int, rows_read: int = -1) -> CookResult:
     from adnanny_cook.card import write_card
     from adnanny_cook.filters import cross_input_flags
     from adnanny_cook.split import group_key, split_rows
@@ -249,12 +250,19 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
         atomic_write_bytes(out / "dropped.jsonl", "".join(lines).encode())
     card = write_card(rows, out, title=f"adnanny-cook corpus: {name}", filters=filters,
                       extra={"teacher": cfg.model, "k": cfg.k, "variants": cfg.variant_ids()}, tasks=[spec])
+    warnings = []
+    if not rows:
+        from adnanny_cook.label_corpus import empty_reason
+
+        warnings.append("empty corpus: " + empty_reason(
+            rows_read=len(results) + len(rejects) if rows_read < 0 else rows_read, rejects=len(rejects),
+            dropped=dict(drop_counts), input_path=cfg.input))
     manifest = CookResult({
         "kind": "adnanny-cook corpus", "version": __version__, "task": name, "config": cfg.to_dict(),
         "input_sha256": _file_hash(cfg.input), "corpus_path": str(corpus_path), "rows": len(rows),
         "inputs": len(results), "filters": filters, "stats": stats, "resumed_chunks": resumed,
         "golden_gate": gate, "seconds": round(time.perf_counter() - t0, 3),
-        "label_spec": {f: list(v) for f, v in spec.label_fields.items()}, "tasks": card["tasks"],
+        "label_spec": {f: list(v) for f, v in spec.label_fields.items()}, "tasks": card["tasks"], "warnings": warnings,
     })
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return manifest
