@@ -191,3 +191,22 @@ def test_load_task_from_dir_errors(tmp_path: Path) -> None:
     save_task(get_task("ad_user"), tmp_path)
     with pytest.raises(Exception, match=r"no task definition .*query_ad.toml.*task files \['ad_user'\]"):
         load_task_from_dir(tmp_path, "query_ad")
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_near_duplicates_at_the_threshold_are_grouped_in_both_orders(order: int) -> None:
+    """Jaccard exactly 0.8 (4 shared of 5 tokens): grouped whichever key comes first (the prefix-length bug)."""
+    from adnanny_cook.split import near_duplicate_groups
+
+    pair = ["cheap hotel paris france", "best cheap hotel paris france"]
+    keys = pair if order == 0 else pair[::-1]
+    g = near_duplicate_groups(keys, threshold=0.8)
+    assert g[0] == g[1]
+    # lengths 10 and 15 as well, and just below the threshold stays apart
+    ten = " ".join(f"w{i}" for i in range(9))
+    assert len(set(near_duplicate_groups([ten, "extra " + ten][::(1 if order == 0 else -1)], 0.9))) == 1
+    fifteen = " ".join(f"w{i}" for i in range(12))
+    assert len(set(near_duplicate_groups([fifteen, "a b c " + fifteen][::(1 if order == 0 else -1)], 0.8))) == 1
+    assert len(set(near_duplicate_groups(["a b c d", "a b c e f"], 0.8))) == 2
+    rows = [{"query": k, "ad_title": "t"} for k in keys]
+    assert len(set(split_rows(["query_ad", "query_ad"], rows, eval_fraction=0.5, seed=3))) == 1

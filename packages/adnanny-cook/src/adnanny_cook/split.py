@@ -8,6 +8,7 @@ come from an inverted index over tokens, so the cost stays near-linear for short
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import defaultdict
@@ -79,9 +80,11 @@ def near_duplicate_groups(keys: Sequence[str], threshold: float = 0.8) -> list[i
             parent[find(i)] = find(first[t])
             continue
         first[t] = i
-        # Jaccard >= threshold implies sharing one of the rarest ceil(len*(1-threshold))+1 tokens; we index all
-        # tokens but only probe with a prefix of them (prefix filtering).
-        probe = sorted(t)[: max(1, int(len(t) * (1 - threshold)) + 1)]
+        # prefix filtering: Jaccard(t, u) >= threshold implies |t & u| >= ceil(threshold * |t|), so any
+        # len(t) - ceil(threshold * len(t)) + 1 tokens of t include a shared one (pigeonhole); every earlier key
+        # indexes all its tokens, so probing with that many of t's finds every candidate. (The earlier
+        # int(len * (1 - threshold)) + 1 was one token short at lengths 5, 10, 15 for 0.8: 5 * 0.2 = 0.999...)
+        probe = sorted(t)[: max(1, len(t) - math.ceil(threshold * len(t) - 1e-9) + 1)]
         cands: set[int] = set()
         for tok in probe:
             cands.update(index[tok])
