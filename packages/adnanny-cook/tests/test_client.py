@@ -151,3 +151,19 @@ def test_reasoning_content_field_is_folded_into_think() -> None:
     finally:
         server.should_exit = True
         th.join(5)
+
+
+def test_cache_key_includes_base_url(tmp_path: Path) -> None:
+    """Two endpoints serving the same model name are different teachers: one cache never answers for both."""
+    path = str(tmp_path / "c.sqlite")
+    with StubTeacher() as s1, StubTeacher() as s2:
+        asyncio.run(_run(TeacherClient(base_url=s1.base_url, model="m", cache_path=path), 3))
+        other = TeacherClient(base_url=s2.base_url, model="m", cache_path=path)
+        asyncio.run(_run(other, 3))
+        assert other.stats.cache_hits == 0 and s2.status[200] == 3
+        # the same endpoint spelled with a trailing slash is the same teacher
+        again = TeacherClient(base_url=s1.base_url + "/", model="m", cache_path=path)
+        asyncio.run(_run(again, 3))
+        assert again.stats.cache_hits == 3 and s1.status[200] == 3
+    a = TeacherClient(base_url="http://a/v1", model="m")
+    assert a.key(_msgs(0), {}) != TeacherClient(base_url="http://b/v1", model="m").key(_msgs(0), {})

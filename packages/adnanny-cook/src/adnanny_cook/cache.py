@@ -1,6 +1,6 @@
 """Persistent response cache (SQLite) so a killed run restarts without repeating a finished teacher call.
 
-Key = SHA-256 of the canonical JSON of (model, messages, sampling params, variant). Each finished call is
+Key = SHA-256 of the canonical JSON of (model, base_url, messages, sampling params, variant). Each finished call is
 committed before its result is used, in WAL mode: a SIGKILL can lose at most the calls that were in flight,
 never a committed one, and never leaves a torn row (SQLite transactions are atomic).
 """
@@ -19,10 +19,14 @@ from typing import Any
 __all__ = ["ResponseCache", "request_key"]
 
 
-def request_key(model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any], variant: str = ""
-                ) -> str:
-    blob = json.dumps({"model": model, "messages": [dict(m) for m in messages], "params": dict(params),
-                       "variant": variant}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def request_key(model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any], variant: str = "",
+                base_url: str = "") -> str:
+    """The cache key of one request. `base_url` is part of it: two endpoints serving a model under the same
+    name (a local SmolLM2 and a hosted model both called "teacher") are different teachers, and a cache shared
+    between them must not answer one with the other's outputs. Trailing slashes do not matter."""
+    blob = json.dumps({"model": model, "base_url": base_url.rstrip("/"), "messages": [dict(m) for m in messages],
+                       "params": dict(params), "variant": variant}, sort_keys=True, ensure_ascii=False,
+                      separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -121,7 +121,7 @@ class TeacherClient:
             self._client = None
 
     def key(self, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any], variant: str = "") -> str:
-        return request_key(self.model, messages, params, variant)
+        return request_key(self.model, messages, params, variant, base_url=self.base_url)
 
     async def complete(self, messages: Sequence[Mapping[str, str]], *, params: Mapping[str, Any] | None = None,
                        variant: str = "") -> Completion:
