@@ -55,3 +55,15 @@ def test_loss_curves_match_plain_hf_loop(tiny_hf: Path, run_cli, last_json) -> N
     assert rep["passed"] is True and len(rep["hf"]) == 4
     assert max(rep["rel_diffs"]) <= 1e-4
     assert len(set(round(x, 3) for x in rep["megatron"])) > 1  # the model and batches really change
+
+
+def test_padded_vocabulary_keeps_hf_losses(tmp_path: Path, run_cli, last_json) -> None:
+    """vocab 300 converted with ckpt's rule (384 rows): the padded logits are masked, so the Megatron loss
+    curve still equals the plain HF loop's (unmasked zero rows would add exp(0) terms to every softmax)."""
+    from adnanny_ckpt.synthetic import tiny_deepseek_v3_config, write_synthetic_checkpoint
+
+    cfg = tiny_deepseek_v3_config(fp8=False, vocab_size=300, hidden_size=64, num_hidden_layers=2,
+                                  intermediate_size=64, moe_intermediate_size=32)
+    write_synthetic_checkpoint(tmp_path / "hf", cfg, dtype="bf16", seed=0)
+    rep = last_json(run_cli(["loss-check", "--hf", str(tmp_path / "hf"), "--steps", "2", "--json"]).stdout)
+    assert rep["passed"] is True and max(rep["rel_diffs"]) <= 1e-5

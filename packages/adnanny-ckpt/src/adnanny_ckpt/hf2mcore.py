@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from adnanny_ckpt.errors import AdNannyCkptError, CheckpointFormatError, ConfigMismatchError, LayoutError
 from adnanny_ckpt.layout import ParallelLayout, plan_layout
-from adnanny_ckpt.names import ModelSpec, ParamSpec, mcore_params, model_spec_from_hf_config, mtp_shared_hf_names
+from adnanny_ckpt.names import (
+    VOCAB_DIVISIBLE_BY,
+    ModelSpec,
+    ParamSpec,
+    mcore_params,
+    model_spec_from_hf_config,
+    mtp_shared_hf_names,
+)
 from adnanny_ckpt.safetensors_io import HFCheckpointReader, atomic_write_bytes, atomic_write_json, file_sha256, fsync_dir
 from adnanny_ckpt.torch_dist import write_common, write_global_metadata, write_rank_file
 from adnanny_ckpt.shards import Chunk, check_tp, fuse, global_rank, padded_vocab_size, rank_chunks, rank_name
@@ -66,7 +73,7 @@ class ConvertOptions:
     layer_map: list[list[int]] | None = None
     balance: str = "params"
     mtp: str = "copy"  # or "drop"
-    make_vocab_size_divisible_by: int = 128
+    make_vocab_size_divisible_by: int = VOCAB_DIVISIBLE_BY  # the one padding rule (names.py)
     iteration: int | None = None  # None -> "release"
     allow_pickle: bool = False
     overwrite: bool = False

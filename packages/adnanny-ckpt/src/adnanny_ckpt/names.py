@@ -39,8 +39,31 @@ from typing import Any
 
 from adnanny_ckpt.errors import ConfigMismatchError
 
-__all__ = ["ModelSpec", "ParamSpec", "mcore_params", "model_spec_from_hf_config", "sharded_key", "te_name",
-           "local_module_name"]
+__all__ = ["ModelSpec", "ParamSpec", "SUPPORTED_MODEL_TYPES", "TE_FUSED_NORMS", "VOCAB_DIVISIBLE_BY",
+           "local_module_name", "local_to_te_name", "mcore_params", "model_spec_from_hf_config",
+           "padded_vocab_size", "sharded_key", "te_name", "te_to_local_name"]
+
+#: ``model_type`` values of config.json this project converts and trains (adnanny-megatron uses the same set).
+DEEPSEEK_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "kimi_k2")
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = DEEPSEEK_MODEL_TYPES + LLAMA_MODEL_TYPES
+
+#: THE vocabulary-padding rule (megatron's ``make_vocab_size_divisible_by``): embedding and head rows are padded
+#: to a multiple of ``VOCAB_DIVISIBLE_BY * tp`` (zeros on conversion; adnanny-megatron masks those logits).
+VOCAB_DIVISIBLE_BY = 128
+
+
+def padded_vocab_size(vocab: int, divisible_by: int = VOCAB_DIVISIBLE_BY, tp: int = 1) -> int:
+    """Megatron's vocab padding: round ``vocab`` up to a multiple of ``divisible_by * tp``.
+
+    One rule for conversion (adnanny-ckpt) and the model provider (adnanny-megatron), so a checkpoint converted
+    for TP=4 loads into a model built for TP=4 (DeepSeek-V3's 129280 rows become 129536 at TP 4).
+    """
+    if vocab < 1 or divisible_by < 1 or tp < 1:
+        raise ConfigMismatchError(
+            f"vocab padding needs positive sizes; got vocab={vocab}, divisible_by={divisible_by}, tp={tp}.")
+    m = divisible_by * tp
+    return -(-vocab // m) * m
 
 
 @dataclass(frozen=True)
@@ -101,7 +124,7 @@ def model_spec_from_hf_config(cfg: dict[str, Any], path: str = "config.json") ->
     mt = cfg.get("model_type")
     h, v, n = _req(cfg, "hidden_size", path), _req(cfg, "vocab_size", path), _req(cfg, "num_hidden_layers", path)
     nh = _req(cfg, "num_attention_heads", path)
-    if mt in ("deepseek_v3", "deepseek_v32", "kimi_k2"):
+    if mt in DEEPSEEK_MODEL_TYPES:
         e = int(cfg.get("n_routed_experts") or 0)
         k = int(cfg.get("first_k_dense_replace") or 0)
         if e and int(cfg.get("moe_layer_freq", 1)) != 1:
@@ -117,7 +140,7 @@ def model_spec_from_hf_config(cfg: dict[str, Any], path: str = "config.json") ->
             num_shared_experts=int(cfg.get("n_shared_experts") or 0),
             num_mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0), raw=cfg,
         )
-    if mt in ("llama", "mistral", "qwen2"):
+    if mt in LLAMA_MODEL_TYPES:
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
             raise ConfigMismatchError(f"`{path}`: biases (`attention_bias`/`mlp_bias`) are not supported yet.")
         ng = int(cfg.get("num_key_value_heads") or nh)
@@ -256,25 +279,42 @@ def mtp_shared_hf_names(s: ModelSpec) -> list[tuple[str, str]]:
 __all__.append("mtp_shared_hf_names")
 
 # ---------------------------------------------------------------------------------------------- renaming
-_TE_MLA = {
-    "self_attention.q_layernorm.weight": "self_attention.linear_q_up_proj.layer_norm_weight",
-    "self_attention.kv_layernorm.weight": "self_attention.linear_kv_up_proj.layer_norm_weight",
-}
+#: THE TE <-> local parameter-name map (adnanny-megatron imports it; it must not keep a copy): TE specs fuse a
+#: norm into the linear layer that follows it, local specs keep the norm as its own module.
+#: ``(suffix in the local spec, suffix in the TE spec, which layers)``; kinds: "mla" = MLA attention layers,
+#: "mha" = standard-attention layers, "dense" = layers whose MLP is dense (not MoE).
+TE_FUSED_NORMS: tuple[tuple[str, str, str], ...] = (
+    ("self_attention.q_layernorm.weight", "self_attention.linear_q_up_proj.layer_norm_weight", "mla"),
+    ("self_attention.kv_layernorm.weight", "self_attention.linear_kv_up_proj.layer_norm_weight", "mla"),
+    ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight", "mha"),
+    ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight", "dense"),
+)
+
+
+def _fused_applies(kind: str, *, mla: bool, moe_layer: bool) -> bool:
+    return (kind == "mla" and mla) or (kind == "mha" and not mla) or (kind == "dense" and not moe_layer)
+
+
+def local_to_te_name(name: str, *, mla: bool, moe_layer: bool) -> str:
+    """Rename a local-spec parameter (any prefix) to its TE-spec name: norms fused into the next linear."""
+    for local, te, kind in TE_FUSED_NORMS:
+        if name.endswith(local) and _fused_applies(kind, mla=mla, moe_layer=moe_layer):
+            return name[: -len(local)] + te
+    return name
+
+
+def te_to_local_name(name: str, *, mla: bool, moe_layer: bool) -> str:
+    """Inverse of :func:`local_to_te_name`."""
+    for local, te, kind in TE_FUSED_NORMS:
+        if name.endswith(te) and _fused_applies(kind, mla=mla, moe_layer=moe_layer):
+            return name[: -len(te)] + local
+    return name
 
 
 def _layer_suffix_te(s: ModelSpec, suffix: str, layer: int | None) -> str:
     """TE name of a within-layer suffix (no expert renaming)."""
-    if s.mla:
-        if suffix in _TE_MLA:
-            return _TE_MLA[suffix]
-        if suffix == "pre_mlp_layernorm.weight" and layer is not None and not s.is_moe_layer(layer):
-            return "mlp.linear_fc1.layer_norm_weight"
-        return suffix
-    if suffix == "input_layernorm.weight":
-        return "self_attention.linear_qkv.layer_norm_weight"
-    if suffix == "pre_mlp_layernorm.weight" and (layer is None or not s.is_moe_layer(layer)):
-        return "mlp.linear_fc1.layer_norm_weight"
-    return suffix
+    moe_layer = layer is not None and s.is_moe_layer(layer)
+    return local_to_te_name(suffix, mla=s.mla, moe_layer=moe_layer)
 
 
 def _split_layer(name: str) -> tuple[str, str] | None:

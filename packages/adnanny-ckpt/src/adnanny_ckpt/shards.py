@@ -16,19 +16,13 @@ from typing import TYPE_CHECKING
 
 from adnanny_ckpt.errors import LayoutError
 from adnanny_ckpt.layout import ParallelLayout
-from adnanny_ckpt.names import ModelSpec, ParamSpec, local_module_name, sharded_key
+from adnanny_ckpt.names import ModelSpec, ParamSpec, local_module_name, padded_vocab_size, sharded_key
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["Chunk", "fuse", "unfuse", "padded_vocab_size", "rank_chunks", "mcore_shape", "rank_name",
            "global_rank", "check_tp"]
-
-
-def padded_vocab_size(vocab: int, divisible_by: int, tp: int) -> int:
-    """Megatron's vocab padding: round up to a multiple of ``divisible_by * tp``."""
-    m = max(1, divisible_by) * tp
-    return -(-vocab // m) * m
 
 
 def mcore_shape(p: ParamSpec, padded_vocab: int) -> tuple[int, ...]:

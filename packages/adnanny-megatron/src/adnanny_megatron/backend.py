@@ -395,7 +395,20 @@ class MegatronBackend:
 
     def load_model_weights(self, directory: str | Path) -> None:
         """Load only model weights from a torch_dist dir (e.g. adnanny-ckpt's HF->Megatron output)."""
-        from adnanny_megatron.checkpoint import load_model_weights
+        from adnanny_ckpt.names import padded_vocab_size
 
+        from adnanny_megatron.checkpoint import load_model_weights
+        from adnanny_megatron.provider import checkpoint_vocab_rule
+
+        rule = checkpoint_vocab_rule(directory)
+        if rule is not None:
+            tp = self.spec.config.tensor_model_parallel_size
+            want = padded_vocab_size(self.spec.vocab_size, rule, tp)
+            if want != self.spec.padded_vocab_size:
+                raise AdNannyMegatronError(
+                    f"`{directory}` was converted with make_vocab_size_divisible_by={rule} (padded vocabulary "
+                    f"{want} at tp={tp}) but the model was built with {self.spec.padded_vocab_size} rows: build "
+                    f"it with `make_vocab_size_divisible_by={rule}` (provider.checkpoint_vocab_rule reads it)"
+                )
         load_model_weights(self.model[0].module, directory)
         self.optimizer.reload_model_params()  # bf16: refresh the fp32 main params from the new weights

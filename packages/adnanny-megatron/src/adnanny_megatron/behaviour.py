@@ -100,7 +100,9 @@ def megatron_losses(hf_dir: str | Path, ckpt_dir: str | Path, batches: list[Any]
 
     parallel.initialize(parallel.Sizes())
     try:
-        spec = provider.transformer_config_from_hf(hf_dir, bf16=False)
+        rule = provider.checkpoint_vocab_rule(ckpt_dir)
+        spec = provider.transformer_config_from_hf(
+            hf_dir, bf16=False, **({} if rule is None else {"make_vocab_size_divisible_by": rule}))
         be = MegatronBackend(spec, OptimSettings(lr=lr, clip_grad=clip), TrainSettings())
         be.load_model_weights(ckpt_dir)
         out = []

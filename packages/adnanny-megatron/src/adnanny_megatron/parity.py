@@ -13,8 +13,8 @@ loop. Both run in fp32 on the same token ids; we compare
 A comparison passes when ``max|a-b| <= tol * max(1, max|ref|)``; the default ``tol`` is 1e-4 (fp32).
 What the paper also reports — benchmark accuracy of trained checkpoints — is out of scope for CPU tests.
 
-Conversion uses ``make_vocab_size_divisible_by=1``: megatron's padded vocabulary rows would enter the
-softmax and make the loss differ from HF's.
+Conversion uses adnanny-ckpt's vocabulary-padding rule (128 · TP); the provider builds the model with the
+rule the checkpoint records and masks the padded logits, so padding changes neither logits nor losses.
 
 Multi-rank layouts: the parent converts once, then launches ``torchrun`` with this module's worker; every
 rank runs the forward (pipeline schedule, forward only) and rank 0 gathers the per-layer outputs.
@@ -109,8 +109,8 @@ def convert_for_megatron(hf_dir: str | Path, out_dir: str | Path, sizes: Any) ->
 
     out = Path(out_dir)
     if not (out / "latest_checkpointed_iteration.txt").is_file():
-        hf_to_mcore(str(hf_dir), str(out), pp=sizes.pp, ep=sizes.ep, tp=sizes.tp,
-                    make_vocab_size_divisible_by=1, progress=False, overwrite=True)
+        hf_to_mcore(str(hf_dir), str(out), pp=sizes.pp, ep=sizes.ep, tp=sizes.tp, progress=False,
+                    overwrite=True)
     it = (out / "latest_checkpointed_iteration.txt").read_text().strip()
     return out / ("release" if it == "release" else f"iter_{int(it):07d}")
 
@@ -131,8 +131,10 @@ def megatron_forward(hf_dir: str | Path, ckpt_dir: str | Path, ids: Any, sizes: 
     from adnanny_megatron.checkpoint import load_model_weights
 
     # no sequence parallelism: the hooks need whole sequences on every TP rank (forward only, so allowed)
+    rule = provider.checkpoint_vocab_rule(ckpt_dir)
     spec = provider.transformer_config_from_hf(hf_dir, bf16=False, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep,
-                                               sequence_parallel=False)
+                                               sequence_parallel=False,
+                                               **({} if rule is None else {"make_vocab_size_divisible_by": rule}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = provider.build_model(spec)

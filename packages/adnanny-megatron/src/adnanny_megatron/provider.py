@@ -25,6 +25,18 @@ the optimizer (see :mod:`adnanny_megatron.optim`); on CPU everything is fp32 (th
 it, and CPU bf16 matmuls are slow).
 
 Dense Llama-family models (SmolLM2) use the plain ``TransformerConfig`` with RoPE and GQA.
+
+One contract, owned by adnanny-ckpt (the house plan: layout and names are ckpt's): the architecture facts
+(:class:`adnanny_ckpt.names.ModelSpec`, from ``model_spec_from_hf_config`` — which also decides the supported
+``model_type`` values), the TE <-> local parameter-name map (``adnanny_ckpt.names.local_to_te_name`` /
+``te_to_local_name``, re-exported here) and the vocabulary-padding rule (``adnanny_ckpt.names.padded_vocab_size``
+with ``VOCAB_DIVISIBLE_BY`` = 128, times TP). :class:`BuildSpec` only adds what megatron needs to *build* the
+model (its ``TransformerConfig`` and ``GPTModel`` arguments); ``tests/test_contracts.py`` fails if a second
+``ModelSpec`` or name map appears in this package.
+
+Padded vocabulary rows (zeros after conversion) would enter the softmax and change the loss, so
+:func:`build_model` masks their logits to ``-inf`` (a forward hook on the output layer): losses, log-probs
+and gradients equal the unpadded model's.
 """
 
 from __future__ import annotations
@@ -34,20 +46,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adnanny_ckpt.errors import ConfigMismatchError
+from adnanny_ckpt.names import (
+    SUPPORTED_MODEL_TYPES,
+    VOCAB_DIVISIBLE_BY,
+    ModelSpec,
+    local_to_te_name,
+    model_spec_from_hf_config,
+    padded_vocab_size,
+    te_to_local_name,
+)
+
 from adnanny_megatron.errors import AdNannyMegatronError
 
 __all__ = [
-    "ModelSpec",
+    "BuildSpec",
     "build_model",
+    "checkpoint_vocab_rule",
     "load_hf_config",
     "local_to_te_name",
     "model_family",
     "te_to_local_name",
     "transformer_config_from_hf",
 ]
-
-_DEEPSEEK_TYPES = {"deepseek_v3", "deepseek_v2"}
-_LLAMA_TYPES = {"llama", "mistral", "qwen2"}
 
 
 def load_hf_config(hf: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -64,17 +85,46 @@ def load_hf_config(hf: str | Path | dict[str, Any]) -> dict[str, Any]:
         raise AdNannyMegatronError(f"`{path}` is not valid JSON: {exc}") from exc
 
 
-def model_family(hf_config: dict[str, Any]) -> str:
-    """``"deepseek_v3"`` or ``"llama"``; anything else is refused with the ``model_type`` received."""
+def arch_spec(hf_config: dict[str, Any]) -> ModelSpec:
+    """adnanny-ckpt's :class:`~adnanny_ckpt.names.ModelSpec` of ``hf_config`` (the one architecture contract).
+
+    An unsupported ``model_type`` is refused here with the same set adnanny-ckpt converts.
+    """
     mt = hf_config.get("model_type")
-    if mt in _DEEPSEEK_TYPES:
-        return "deepseek_v3"
-    if mt in _LLAMA_TYPES:
-        return "llama"
-    raise AdNannyMegatronError(
-        f"unsupported `model_type` {mt!r} in config.json: supported are "
-        f"{sorted(_DEEPSEEK_TYPES | _LLAMA_TYPES)}"
-    )
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise AdNannyMegatronError(
+            f"unsupported `model_type` {mt!r} in config.json: supported are {sorted(SUPPORTED_MODEL_TYPES)} "
+            "(adnanny-ckpt's set)"
+        )
+    try:
+        return model_spec_from_hf_config(hf_config)
+    except ConfigMismatchError as exc:
+        missing = str(exc).split("has no `", 1)
+        if len(missing) == 2:  # keep this package's wording for a missing key
+            raise AdNannyMegatronError(f"config.json lacks required key `{missing[1].split('`')[0]}`") from exc
+        raise AdNannyMegatronError(str(exc)) from exc
+
+
+def model_family(hf_config: dict[str, Any]) -> str:
+    """``"deepseek_v3"`` or ``"llama"`` (adnanny-ckpt's family); anything else is refused naming the type."""
+    return arch_spec(hf_config).family
+
+
+def checkpoint_vocab_rule(directory: str | Path) -> int | None:
+    """``make_vocab_size_divisible_by`` recorded by adnanny-ckpt's ``hf_to_mcore`` for a checkpoint dir.
+
+    Looks for ``adnanny_ckpt.json`` in ``directory`` or its parent (the iteration dir's parent); ``None``
+    when there is none (e.g. a checkpoint saved by :class:`~adnanny_megatron.backend.MegatronBackend`).
+    """
+    for cand in (Path(directory) / "adnanny_ckpt.json", Path(directory).parent / "adnanny_ckpt.json"):
+        if cand.is_file():
+            try:
+                rec = json.loads(cand.read_text())
+            except json.JSONDecodeError as exc:
+                raise AdNannyMegatronError(f"`{cand}` is not valid JSON: {exc}") from exc
+            value = (rec.get("options") or {}).get("make_vocab_size_divisible_by")
+            return int(value) if value is not None else None
+    return None
 
 
 def rope_settings(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -95,17 +145,40 @@ def _req(cfg: dict[str, Any], key: str) -> Any:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build the model: the megatron config plus GPTModel arguments."""
+class BuildSpec:
+    """What megatron needs to build the model: adnanny-ckpt's architecture spec (``arch``) plus the megatron
+    config and ``GPTModel`` arguments. Vocabulary facts come from ``arch`` and ckpt's padding rule."""
 
+    arch: ModelSpec
     config: Any  # TransformerConfig / MLATransformerConfig
-    family: str
-    vocab_size: int
+    padded_vocab_size: int
     max_sequence_length: int
     position_embedding_type: str
     rotary_base: float
-    tie_embeddings: bool
     use_te: bool
+
+    @property
+    def family(self) -> str:
+        return self.arch.family
+
+    @property
+    def vocab_size(self) -> int:
+        """The real vocabulary (HF ``vocab_size``); logits beyond it are padding and masked."""
+        return self.arch.vocab_size
+
+    @property
+    def tie_embeddings(self) -> bool:
+        return self.arch.tie_word_embeddings
+
+
+def _megatron_config(cls: Any, pipeline_layout: list[list[str]] | None, **kwargs: Any) -> Any:
+    """``cls(**kwargs)``; megatron-core's refusals (asserts / ValueErrors in ``__post_init__``) become errors
+    that say what was refused."""
+    try:
+        return cls(**kwargs)
+    except (AssertionError, ValueError) as exc:
+        what = f"pipeline layout {pipeline_layout}" if pipeline_layout is not None else "the configuration"
+        raise AdNannyMegatronError(f"megatron-core refused {what}: {exc}") from exc
 
 
 def transformer_config_from_hf(
@@ -121,7 +194,10 @@ def transformer_config_from_hf(
     num_layers_in_first_pipeline_stage: int | None = None,
     num_layers_in_last_pipeline_stage: int | None = None,
     token_dispatcher: str | None = None,
-) -> ModelSpec:
+    make_vocab_size_divisible_by: int = VOCAB_DIVISIBLE_BY,
+    pipeline_layout: list[list[str]] | None = None,
+    mtp_num_layers: int | None = None,
+) -> BuildSpec:
     """Map an HF config to a megatron config (see the module docstring for the field mapping).
 
     ``bf16`` defaults to True on CUDA and False on CPU; ``use_te`` defaults to "TE is installed";
@@ -130,6 +206,15 @@ def transformer_config_from_hf(
     refuse SP). Megatron refuses to *train* MoE with TP but without SP, so the local spec trains MoE
     models with TP=1 (experts are spread with EP instead, as in the paper's layout); forward-only use
     (parity) and dense models work with any TP.
+
+    The vocabulary is padded with adnanny-ckpt's rule (``make_vocab_size_divisible_by`` · ``tp``, default
+    128 as ckpt's converter): pass the value the checkpoint was converted with
+    (:func:`checkpoint_vocab_rule` reads it).
+
+    ``pipeline_layout`` (megatron-core's ``pipeline_model_parallel_layout``: per stage ``"embedding"``,
+    ``"decoder"``…, ``"mtp"``, ``"loss"``) places any number of layers on each stage — build it from an
+    adnanny-ckpt ``ParallelLayout`` with :func:`adnanny_megatron.layout.megatron_layout`. It excludes the
+    first/last-stage counts; megatron's own validation errors are re-raised naming the layout.
     """
     import torch
     import torch.nn.functional as F
@@ -140,7 +225,9 @@ def transformer_config_from_hf(
     from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
     cfg = load_hf_config(hf)
-    family = model_family(cfg)
+    arch = arch_spec(cfg)
+    family = arch.family
+    padded = padded_vocab_size(arch.vocab_size, make_vocab_size_divisible_by, tp)
     if use_te is None:
         use_te = compat.have_te()
     if sequence_parallel is None:
@@ -185,6 +272,18 @@ def transformer_config_from_hf(
         num_layers_in_first_pipeline_stage=num_layers_in_first_pipeline_stage,
         num_layers_in_last_pipeline_stage=num_layers_in_last_pipeline_stage,
     )
+    if pipeline_layout is not None:
+        if num_layers_in_first_pipeline_stage is not None or num_layers_in_last_pipeline_stage is not None:
+            raise AdNannyMegatronError(
+                "`pipeline_layout` already places every layer: drop `num_layers_in_first_pipeline_stage` / "
+                "`num_layers_in_last_pipeline_stage`"
+            )
+        if len(pipeline_layout) != pp:
+            raise AdNannyMegatronError(f"`pipeline_layout` has {len(pipeline_layout)} stages but `pp`={pp}")
+        common["pipeline_model_parallel_layout"] = [list(st) for st in pipeline_layout]
+    if mtp_num_layers:
+        # megatron validates where the MTP layers sit; building them is not implemented yet (build_model refuses)
+        common["mtp_num_layers"] = int(mtp_num_layers)
     if family == "llama":
         heads = common["num_attention_heads"]
         head_dim = int(cfg.get("head_dim") or common["hidden_size"] // heads)
@@ -193,19 +292,19 @@ def transformer_config_from_hf(
             raise AdNannyMegatronError(
                 f"`rope_scaling` {scaling!r} on a Llama-family config is not supported"
             )
-        config = TransformerConfig(
+        config = _megatron_config(
+            TransformerConfig, pipeline_layout,
             **common,
             num_query_groups=int(cfg.get("num_key_value_heads") or heads),
             kv_channels=head_dim,
         )
-        return ModelSpec(
+        return BuildSpec(
+            arch=arch,
             config=config,
-            family=family,
-            vocab_size=int(_req(cfg, "vocab_size")),
+            padded_vocab_size=padded,
             max_sequence_length=int(cfg.get("max_position_embeddings", 2048)),
             position_embedding_type="rope",
             rotary_base=theta,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             use_te=use_te,
         )
 
@@ -247,7 +346,8 @@ def transformer_config_from_hf(
     else:
         yarn = dict(rope_type="rope")
     n_shared = int(cfg.get("n_shared_experts") or 0)
-    config = MLATransformerConfig(
+    config = _megatron_config(
+        MLATransformerConfig, pipeline_layout,
         **common,
         num_query_groups=common["num_attention_heads"],
         kv_channels=int(_req(cfg, "v_head_dim")),
@@ -279,19 +379,18 @@ def transformer_config_from_hf(
     )
     if not cfg.get("norm_topk_prob", True) and topk > 1:
         raise AdNannyMegatronError("`norm_topk_prob`=false is not supported (megatron normalises sigmoid top-k)")
-    return ModelSpec(
+    return BuildSpec(
+        arch=arch,
         config=config,
-        family=family,
-        vocab_size=int(_req(cfg, "vocab_size")),
+        padded_vocab_size=padded,
         max_sequence_length=int(cfg.get("max_position_embeddings", 4096)),
         position_embedding_type="none",  # MLA applies its own (YaRN) rotary embedding
         rotary_base=theta,
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         use_te=use_te,
     )
 
 
-def layer_spec(spec: ModelSpec, *, pp_rank: int | None = None) -> Any:
+def layer_spec(spec: BuildSpec, *, pp_rank: int | None = None) -> Any:
     """Decoder block spec for this rank: local (pure megatron) or TE modules."""
     from adnanny_megatron import compat
 
@@ -316,7 +415,7 @@ def layer_spec(spec: ModelSpec, *, pp_rank: int | None = None) -> Any:
     return block
 
 
-def build_model(spec: ModelSpec, *, pre_process: bool | None = None, post_process: bool | None = None) -> Any:
+def build_model(spec: BuildSpec, *, pre_process: bool | None = None, post_process: bool | None = None) -> Any:
     """Build this rank's ``GPTModel`` chunk (the process groups must already exist)."""
     from adnanny_megatron import compat
 
@@ -324,14 +423,19 @@ def build_model(spec: ModelSpec, *, pre_process: bool | None = None, post_proces
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
+    if getattr(spec.config, "mtp_num_layers", None):
+        raise AdNannyMegatronError(
+            "the MTP module is not built by this provider yet: build without `mtp_num_layers` (the MTP weights "
+            "stay in the converted checkpoint and are not trained)"
+        )
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage()
     if post_process is None:
         post_process = ps.is_pipeline_last_stage()
-    return GPTModel(
+    model = GPTModel(
         config=spec.config,
         transformer_layer_spec=layer_spec(spec, pp_rank=ps.get_pipeline_model_parallel_rank()),
-        vocab_size=spec.vocab_size,
+        vocab_size=spec.padded_vocab_size,
         max_sequence_length=spec.max_sequence_length,
         pre_process=pre_process,
         post_process=post_process,
@@ -340,34 +444,31 @@ def build_model(spec: ModelSpec, *, pre_process: bool | None = None, post_proces
         rotary_base=int(spec.rotary_base),
         parallel_output=True,
     )
+    if post_process and spec.padded_vocab_size > spec.vocab_size:
+        mask_padded_vocab(model.output_layer, spec.vocab_size, spec.padded_vocab_size)
+    return model
 
 
-# ----------------------------------------------------------------- TE <-> local parameter-name mapping
-# TE specs fuse norms into the following linear layer; local specs keep them as separate modules.
-# (suffix in the local spec, suffix in the TE spec, which layers)
-_TE_FUSED = (
-    ("self_attention.q_layernorm.weight", "self_attention.linear_q_up_proj.layer_norm_weight", "mla"),
-    ("self_attention.kv_layernorm.weight", "self_attention.linear_kv_up_proj.layer_norm_weight", "mla"),
-    ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight", "mha"),
-    ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight", "dense"),
-)
+def mask_padded_vocab(output_layer: Any, vocab_size: int, padded_vocab_size: int) -> None:
+    """Set the logits of padded vocabulary rows to ``-inf`` on this TP rank's vocab slice.
 
+    Why: ckpt pads embedding/head rows with zeros, so unmasked they would add ``exp(0)`` terms to every
+    softmax; masked, megatron's vocab-parallel cross entropy, log-probs and gradients are the unpadded
+    model's exactly (the masked entries get zero gradient).
+    """
+    from megatron.core import parallel_state as ps
 
-def local_to_te_name(name: str, *, mla: bool, moe_layer: bool) -> str:
-    """Rename a local-spec parameter to its TE-spec name (norms fused into the next linear)."""
-    for local, te, kind in _TE_FUSED:
-        if not name.endswith(local):
-            continue
-        if (kind == "mla" and mla) or (kind == "mha" and not mla) or (kind == "dense" and not moe_layer):
-            return name[: -len(local)] + te
-    return name
+    tp = ps.get_tensor_model_parallel_world_size()
+    per_rank = padded_vocab_size // tp
+    start = ps.get_tensor_model_parallel_rank() * per_rank
+    n_real = max(0, min(per_rank, vocab_size - start))
+    if n_real == per_rank:
+        return
 
+    def hook(_mod: Any, _inp: Any, out: Any) -> Any:
+        logits, bias = out if isinstance(out, tuple) else (out, None)
+        logits = logits.clone()
+        logits[..., n_real:] = float("-inf")
+        return (logits, bias) if isinstance(out, tuple) else logits
 
-def te_to_local_name(name: str, *, mla: bool, moe_layer: bool) -> str:
-    """Inverse of :func:`local_to_te_name`."""
-    for local, te, kind in _TE_FUSED:
-        if not name.endswith(te):
-            continue
-        if (kind == "mla" and mla) or (kind == "mha" and not mla) or (kind == "dense" and not moe_layer):
-            return name[: -len(te)] + local
-    return name
+    output_layer.register_forward_hook(hook)
