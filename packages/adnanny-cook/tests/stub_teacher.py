@@ -39,10 +39,11 @@ class StubTeacher:
     def __init__(self, *, k: int = 4, bad_rate: float = 0.5, p429: float = 0.0, p500: float = 0.0,
                  p_timeout: float = 0.0, stall_s: float = 2.0, latency_s: float = 0.0, retry_after: str = "0.01",
                  kinds: tuple[str, ...] = BAD_KINDS, verdict: str | None = None,
-                 diverge_on: str | None = None) -> None:
+                 diverge_on: str | None = None, reject_on: str | None = None, reject_status: int = 400) -> None:
         self.k, self.bad_rate = k, bad_rate
         self.verdict = verdict  # when set: the verifier's answer, verbatim (e.g. an unparsable one)
         self.diverge_on = diverge_on  # when this text is in a cooking prompt: a divergent (but well-formed) trace
+        self.reject_on, self.reject_status = reject_on, reject_status  # this text in a prompt: refuse the request
         self.p429, self.p500, self.p_timeout, self.stall_s = p429, p500, p_timeout, stall_s
         self.latency_s, self.retry_after, self.kinds = latency_s, retry_after, kinds
         self.lock = threading.Lock()
@@ -114,6 +115,8 @@ class StubTeacher:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         h = _h(rid) % 1000 / 1000.0
+        if self.reject_on is not None and self.reject_on in body["messages"][-1]["content"]:
+            return self._status(rid, self.reject_status, JSONResponse)
         if attempt == 1:
             if h < self.p429:
                 return self._status(rid, 429, JSONResponse, {"Retry-After": self.retry_after})

@@ -202,7 +202,7 @@ class TeacherClient:
             except openai.APIStatusError as e:
                 self.stats.errors[type(e).__name__] += 1
                 raise TeacherError(f"teacher returned HTTP {e.status_code} (not retryable) for model "
-                                   f"{self.model!r} at {self.base_url!r}: {e}") from e
+                                   f"{self.model!r} at {self.base_url!r}: {e}", status=e.status_code) from e
             if not resp.choices:
                 self.stats.errors["NoChoices"] += 1
                 raise TeacherError(f"teacher at {self.base_url!r} answered without `choices` for model "

@@ -56,6 +56,12 @@ async def open_cooker(cfg: CookConfig, embedder: Embedder) -> AsyncIterator[Chun
             await verifier.aclose()
 
 
+
+def _teacher_reason(e: TeacherError) -> str:
+    """Drop reason of a failed teacher call: "teacher_error" (retryable: the chunk is redone on rerun) or
+    "teacher_rejected" (the teacher refused this request; the input is quarantined to rejects.jsonl)."""
+    return "teacher_error" if e.retryable else "teacher_rejected"
+
 class ChunkCooker:
     def __init__(self, cfg: CookConfig, teacher: TeacherClient, verifier: TeacherClient | None,
                  embedder: Embedder) -> None:
@@ -109,9 +115,9 @@ class ChunkCooker:
         try:
             comp = await self.teacher.complete(msgs, params=self.params(0), variant="generation")
         except TeacherError as e:
-            if not e.retryable:
+            if not e.retryable and not e.per_request:
                 raise
-            drops.append({"reason": "teacher_error", "stage": "generation", "detail": str(e)})
+            drops.append({"reason": _teacher_reason(e), "stage": "generation", "detail": str(e)})
             return []
         try:
             return self.spec.parse_generation_items(comp.text)
@@ -141,10 +147,10 @@ class ChunkCooker:
         try:
             comp = await self.teacher.complete(msgs, params=self.params(j), variant=variant)
         except TeacherError as e:
-            if not e.retryable:
+            if not e.retryable and not e.per_request:
                 raise
             c = Candidate(item.id, sub, j, variant, "", "", labels)
-            c.drop, c.detail = "teacher_error", str(e)
+            c.drop, c.detail = _teacher_reason(e), str(e)
             return c
         return Candidate(item.id, sub, j, variant, comp.text, comp.key, labels)
 
@@ -156,10 +162,10 @@ class ChunkCooker:
                                                 variant="verifier")
             verdict = parse_verdict(comp.text)
         except TeacherError as e:
-            if not e.retryable:
+            if not e.retryable and not e.per_request:
                 raise
             # an outage is not a judgment: counted as a teacher error, so the chunk is redone on rerun
-            c.drop, c.detail = "teacher_error", f"verifier unavailable: {e}"
+            c.drop, c.detail = _teacher_reason(e), f"verifier unavailable: {e}"
             return
         except ParseError as e:
             c.drop, c.detail = "verifier", f"unparsable verdict: {e}"

@@ -93,8 +93,21 @@ class TaskDefinitionError(ConfigError):
 
 
 class TeacherError(AdNannyCookError, RuntimeError):
-    """A teacher call that failed after all retries (`retryable=True`), or a non-retryable API error."""
+    """A teacher call that failed after all retries (`retryable=True`), or a non-retryable API error.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    `status` is the HTTP status of a non-retryable answer. `per_request` tells an error caused by this one
+    request (400 / 413 / 422: a prompt too long for the teacher's context, a parameter the provider rejects),
+    which the pipeline quarantines with its input, from one that every request would get (401, 403, 404: a
+    wrong key, model or URL), which stops the run.
+    """
+
+    PER_REQUEST_STATUS = (400, 413, 422)
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
+
+    @property
+    def per_request(self) -> bool:
+        return not self.retryable and self.status in self.PER_REQUEST_STATUS

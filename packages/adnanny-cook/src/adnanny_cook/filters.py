@@ -33,7 +33,8 @@ __all__ = ["Candidate", "DROP_REASONS", "boilerplate_reason", "contradiction_rea
            "mmr_select", "schema_parse", "self_consistency", "stated_labels"]
 
 DROP_REASONS = ("schema", "contradiction", "boilerplate", "self_consistency", "verifier", "kw_broader",
-                "kw_off_topic", "kw_near_duplicate", "not_chosen", "cross_input", "teacher_error")
+                "kw_off_topic", "kw_near_duplicate", "not_chosen", "cross_input", "teacher_error",
+                "teacher_rejected")
 
 _STOP = frozenset("""the and for with that this from are was were has have had not but you your they them their its
 its our out all any can will would should could about into over under than then there here what when where which

@@ -241,8 +241,18 @@ def _finalize(cfg: CookConfig, results: list[dict[str, Any]], rejects: list[dict
     for r in results:
         drop_counts.update(d["reason"] for d in r["drops"])
     no_survivor = sum(1 for r in results for s in r["subs"] if not s["chosen"])
+    # inputs the teacher refused (HTTP 400/413/422: too long for its context, a rejected parameter) and that got
+    # no rationale are quarantined with the teacher's reason, beside the bad input rows
+    refused = [{"id": r["id"], "stage": "teacher", "row": None, "data": r["input"],
+                "reasons": sorted({f"teacher refused the request: {d['detail']}" for d in r["drops"]
+                                   if d["reason"] == "teacher_rejected"})}
+               for r in results if any(d["reason"] == "teacher_rejected" for d in r["drops"])
+               and not any(s["chosen"] for s in r["subs"])]
+    if refused:
+        atomic_write_bytes(out / "rejects.jsonl", "".join(json.dumps(x, sort_keys=True, default=str) + "\n"
+                                                          for x in [*rejects, *refused]).encode())
     filters = {"dropped": dict(sorted(drop_counts.items())), "inputs_without_survivor": no_survivor,
-               "flagged": dict(flags), "bad_input_rows": len(rejects)}
+               "flagged": dict(flags), "bad_input_rows": len(rejects), "teacher_refused_inputs": len(refused)}
     if cfg.write_dropped:
         lines = [json.dumps({**d, "id": d.get("id", r["id"])}, sort_keys=True) + "\n"
                  for r in results for d in r["drops"]]

@@ -1,0 +1,56 @@
+"""Issue 11 (cook): a request the teacher refuses quarantines its input only; resume refuses a changed config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stub_teacher import StubTeacher  # noqa: E402
+
+from adnanny_cook.config import load_config  # noqa: E402
+from adnanny_cook.corpus import read_corpus  # noqa: E402
+from adnanny_cook.errors import TeacherError  # noqa: E402
+from adnanny_cook.pipeline import run_cook  # noqa: E402
+
+FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "progress": False, "embed_model": "hashing",
+        "timeout_s": 5.0}
+
+
+def _rows(tmp_path: Path, sample_dir: Path, n: int = 6) -> Path:
+    df = pl.read_parquet(sample_dir / "query_ad.parquet").head(n).drop("reasons")
+    df.write_parquet(tmp_path / "in.parquet")
+    return tmp_path / "in.parquet"
+
+
+def _cfg(tmp_path: Path, inp: Path, base_url: str, **kw):
+    return load_config(None, {"task": "query_ad", "input": str(inp), "out": str(tmp_path / "out"),
+                              "base_url": base_url, "model": "teacher", "k": 2, "chunk_size": 3, **FAST, **kw})
+
+
+def test_a_400_on_one_input_leaves_the_rest_cooked(tmp_path: Path, sample_dir: Path) -> None:
+    inp = _rows(tmp_path, sample_dir)
+    victim = pl.read_parquet(inp).row(2, named=True)
+    with StubTeacher(k=2, bad_rate=0.0, reject_on=victim["query"]) as s:
+        m = run_cook(_cfg(tmp_path, inp, s.base_url))
+        assert s.status[400] >= 2
+    assert m["filters"]["teacher_refused_inputs"] == 1 and m["filters"]["dropped"]["teacher_rejected"] == 2
+    df = read_corpus(tmp_path / "out")
+    src_ids = {json.loads(p)["source_id"] for p in df["provenance"]}
+    assert victim["id"] not in src_ids and len(src_ids) == 5
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejects] == [victim["id"]]
+    assert "teacher refused the request" in rejects[0]["reasons"][0] and "HTTP 400" in rejects[0]["reasons"][0]
+    # its chunk is checkpointed (a refusal is not an outage: a rerun does not resend it)
+    assert len(list((tmp_path / "out" / ".work" / "chunks").glob("*.json"))) == 2
+
+
+def test_a_401_still_stops_the_run(tmp_path: Path, sample_dir: Path) -> None:
+    inp = _rows(tmp_path, sample_dir, 3)
+    with StubTeacher(k=2, bad_rate=0.0, reject_on="", reject_status=401) as s:
+        with pytest.raises(TeacherError, match="HTTP 401"):
+            run_cook(_cfg(tmp_path, inp, s.base_url))
