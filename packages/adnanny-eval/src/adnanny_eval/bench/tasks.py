@@ -12,11 +12,11 @@ Followed task definitions (EleutherAI/lm-evaluation-harness; read, not copied):
 - ``lm_eval/api/task.py`` (``ConfigurableTask``, ``output_type: multiple_choice``): each choice is scored
   as the continuation ``target_delimiter + choice`` with the default delimiter ``" "``; ``acc`` is the argmax
   of the summed log-likelihoods, ``acc_norm`` the argmax of log-likelihood divided by the length of the
-  choice text (``len(choice)``, the delimiter not counted; characters, which equal UTF-8 bytes on these
-  English sets).
-- ``lm_eval/tasks/gsm8k/gsm8k.yaml``: ``"Question: {{question}}\\nAnswer:"`` with target ``" {{answer}}"``
-  (the reference solution, chain of thought ending in ``#### N``), exemplars joined by ``"\\n\\n"``, greedy
-  decoding until ``"Question:"``, ``"</s>"``, ``"<|im_end|>"`` or a blank line; the "strict-match" filter
+  choice text (``len(choice)``, the delimiter not counted: Python characters, as the harness' code does;
+  its separate ``acc_bytes`` uses UTF-8 bytes, the same on these almost-ASCII sets).
+- ``lm_eval/tasks/gsm8k/gsm8k.yaml`` (version 3.0): ``"Question: {{question}}\\nAnswer:"`` with target
+  ``" {{answer}}"`` (the reference solution, chain of thought ending in ``#### N``), exemplars joined by
+  ``"\\n\\n"``, greedy decoding until ``"Question:"``, ``"</s>"`` or ``"<|im_end|>"``; the "strict-match" filter
   takes the first ``#### N``, the "flexible-extract" filter the last number in the completion; exact match
   ignores case, commas, ``$``, everything up to ``#### `` and a trailing full stop.
 
@@ -55,7 +55,7 @@ __all__ = [
 TASK_NAMES = ("arc_challenge", "hellaswag", "gsm8k")
 MC_TASKS = ("arc_challenge", "hellaswag")
 TARGET_DELIMITER = " "
-GSM8K_STOP = ("Question:", "</s>", "<|im_end|>", "\n\n")
+GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 
 
 class BenchError(AdNannyEvalError):
