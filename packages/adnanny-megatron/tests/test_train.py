@@ -25,7 +25,7 @@ def _losses(path: Path) -> list[float]:
 def test_dense_only_first_stage_hangs_without_stub(tiny_hf: Path, tiny_mcore: Path, tmp_path: Path) -> None:
     """Reproduces §4.1.3: a rank that skips the expert optimizer leaves the MoE stage blocked."""
     args = ["train", "--model", str(tiny_hf), "--init", str(tiny_mcore), *PAPER_LIKE, *COMMON,
-            "--steps", "2", "--moe_optimizer", "drop", "--timeout_s", "600"]
+            "--steps", "2", "--moe_optimizer", "drop", "--timeout_minutes", "10"]
     with pytest.raises(HangDetected, match="no progress") as info:
         run_torchrun(4, args, timeout_s=280, hang_after_s=25)
     out = info.value.output  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ Examples::
     torchrun --nproc-per-node 4 -m adnanny_megatron.cli train --config train.toml --layout pp2,ep2
     adnanny-megatron parity --hf ~/.cache/adnanny/smollm2-135m --layout pp2 --json
     adnanny-megatron loss-check --hf tiny-hf/ --steps 5
+    adnanny-megatron layout --hf-config DeepSeek-V3/config.json --pp 31 --ep 8 --dp 8 --json
     adnanny-megatron info
 """
 
@@ -87,6 +88,66 @@ def _add_loss_check(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _add_layout(sub: Any) -> None:
+    p = sub.add_parser(
+        "layout",
+        help="show which layers each pipeline stage holds (adnanny-ckpt's plan as megatron-core's layout)",
+        description="Plans the layout with adnanny-ckpt (plan_layout: dense layers alone on stage 0 for MoE "
+        "models, the rest balanced) or takes --stages, builds megatron-core's pipeline_model_parallel_layout "
+        "from it without launching ranks, and prints per stage its layers (embedding, dense, MoE, MTP, head). "
+        "Exits 2 when adnanny-ckpt or megatron-core refuses the layout.",
+    )
+    p.add_argument("--hf-config", required=True, help="HF config.json (or a model dir holding one)")
+    p.add_argument("--pp", type=int, required=True)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--dp", type=int, default=None, help="data-parallel size (default: ep)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--balance", default="params", choices=["params", "flops"], help="ckpt plan's cost model")
+    p.add_argument("--stages", default=None, help="decoder layers per stage, e.g. 2,3,2 (default: ckpt's plan)")
+    p.add_argument("--mtp", action="store_true", help="place the config's MTP layer(s) on the last stage")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _layout_cmd(args: Any) -> int:
+    from adnanny_ckpt.errors import AdNannyCkptError
+    from adnanny_ckpt.layout import plan_layout
+
+    from adnanny_megatron.layout import check_layout, layout_from_stage_sizes
+    from adnanny_megatron.provider import arch_spec, load_hf_config
+
+    cfg = load_hf_config(args.hf_config)
+    arch = arch_spec(cfg)
+    mtp = arch.num_mtp_layers if args.mtp else 0
+    try:
+        if args.stages:
+            lay = layout_from_stage_sizes(args.stages, ep=args.ep, tp=args.tp, dp=args.dp,
+                                          num_experts=arch.num_experts, num_layers=arch.num_layers)
+            plan = plan_layout(cfg, lay.pp, lay.ep, lay.tp, lay.dp, layer_map=lay.stages, balance=args.balance,
+                               include_mtp=bool(mtp))
+        else:
+            plan = plan_layout(cfg, args.pp, args.ep, args.tp, args.dp, balance=args.balance,
+                               include_mtp=bool(mtp))
+    except AdNannyCkptError as exc:
+        raise AdNannyMegatronError(f"adnanny-ckpt refused the layout: {exc}") from exc
+    if plan.layout.pp != args.pp:
+        raise AdNannyMegatronError(f"--stages gives {plan.layout.pp} stages but --pp is {args.pp}")
+    views = check_layout(cfg, plan.layout, mtp_layers=mtp, plan=plan)
+    lay = plan.layout
+    if args.json:
+        print(json.dumps({
+            "pp": lay.pp, "ep": lay.ep, "dp": lay.dp, "tp": lay.tp, "world_size": lay.world_size,
+            "num_layers": arch.num_layers, "first_k_dense": arch.first_k_dense, "mtp_layers": mtp,
+            "megatron_layout": [v.megatron for v in views], "stages": [v.to_dict() for v in views],
+            "accepted_by": "megatron-core pipeline_model_parallel_layout",
+        }, indent=2))
+    else:
+        print(f"layout pp={lay.pp} ep={lay.ep} dp={lay.dp} tp={lay.tp} ({lay.world_size} GPUs), accepted by "
+              "megatron-core")
+        for v in views:
+            print(v.line())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adnanny-megatron", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_parity(sub)
     _add_loss_check(sub)
+    _add_layout(sub)
     sub.add_parser("info", help="versions and which compatibility fixes apply here")
     args = parser.parse_args(argv)
     try:
@@ -121,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{i:>4}{a:>16.8f}{b:>16.8f}{r:>12.2e}")
                 print("PASS" if rep.passed else "FAIL")
             return 0 if rep.passed else 1
+        if args.verb == "layout":
+            return _layout_cmd(args)
         if args.verb == "info":
             from importlib.metadata import version
 

@@ -19,7 +19,13 @@ from typing import Any
 
 from adnanny_megatron.errors import AdNannyMegatronError
 
-__all__ = ["PAPER_PRESET", "Sizes", "destroy", "initialize", "parse_sizes", "sizes_from_layout"]
+__all__ = ["DEFAULT_TIMEOUT_MINUTES", "PAPER_PRESET", "Sizes", "destroy", "initialize", "parse_sizes",
+           "sizes_from_layout"]
+
+#: Process-group timeout (minutes) for every collective, NCCL and gloo alike. Generous on purpose: rank 0 may
+#: sit in a barrier while another rank reads its slice of a multi-TB checkpoint (§4.1.2). A genuine hang (the
+#: §4.1.3 MoE deadlock) is caught sooner by :mod:`adnanny_megatron.launch`'s watchdog, not by this timeout.
+DEFAULT_TIMEOUT_MINUTES = 30.0
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,11 @@ def parse_sizes(text: str, world_size: int | None = None) -> Sizes:
     return Sizes(**got)
 
 
-def initialize(sizes: Sizes, *, seed: int = 1234, timeout_s: float = 120.0) -> None:
+def initialize(sizes: Sizes, *, seed: int = 1234, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
     """Start torch.distributed (env:// as torchrun sets it) and megatron's process groups.
+
+    ``timeout_minutes`` reaches the default group (``init_process_group(timeout=...)``) and every group megatron
+    creates (``distributed_timeout_minutes``); fractions of a minute are kept for the default group.
 
     A single process without torchrun variables gets a one-rank gloo group on a free local port, so the
     backend, the parity harness and benchmarks run the same code path as multi-process training.
@@ -111,6 +120,8 @@ def initialize(sizes: Sizes, *, seed: int = 1234, timeout_s: float = 120.0) -> N
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
+    if not timeout_minutes > 0:
+        raise AdNannyMegatronError(f"`timeout_minutes` must be > 0, got {timeout_minutes!r}")
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -121,7 +132,7 @@ def initialize(sizes: Sizes, *, seed: int = 1234, timeout_s: float = 120.0) -> N
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     world = dist.get_world_size()
     if world != sizes.world_size:
         raise AdNannyMegatronError(
@@ -135,7 +146,7 @@ def initialize(sizes: Sizes, *, seed: int = 1234, timeout_s: float = 120.0) -> N
         pipeline_model_parallel_size=sizes.pp,
         expert_model_parallel_size=sizes.ep,
         expert_tensor_parallel_size=1,
-        distributed_timeout_minutes=max(1, int(timeout_s // 60)),
+        distributed_timeout_minutes=max(1, round(timeout_minutes)),
     )
     model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available())
     torch.manual_seed(seed)

@@ -35,6 +35,8 @@ class TrainConfig:
     init: str | None = None  #: torch_dist dir with initial weights (else random init from `seed`)
     layout: str = "tp1"  #: e.g. "pp2,ep2" / "tp2" / "paper"; dp = world / (tp*pp)
     first_stage_layers: int | None = None  #: decoder layers on PP stage 0 (e.g. only the dense ones)
+    #: uneven stages: decoder layers per PP stage ("2,3,2"), or "plan" = adnanny-ckpt's plan_layout
+    stage_layers: str | None = None
     steps: int = 10
     batch_size: int = 4
     seq_len: int = 32
@@ -52,7 +54,8 @@ class TrainConfig:
     save_every: int = 0  #: 0 = only at the end
     resume: bool = True
     log_json: str | None = None  #: rank 0 appends one JSON line per step
-    timeout_s: float = 120.0
+    timeout_minutes: float = 30.0  #: process-group timeout (parallel.DEFAULT_TIMEOUT_MINUTES)
+    vocab_divisible_by: int | None = None  #: vocab padding unit; None = what `init`'s conversion used, else 128
 
     def __post_init__(self) -> None:
         errors = []
@@ -66,6 +69,10 @@ class TrainConfig:
                 f"`data` {self.data!r} unsupported: the train script uses 'synthetic'; train on a corpus "
                 "with adnanny-sft using the Megatron backend"
             )
+        if not self.timeout_minutes > 0:
+            errors.append(f"`timeout_minutes` must be > 0, got {self.timeout_minutes!r}")
+        if self.stage_layers is not None and self.first_stage_layers is not None:
+            errors.append("`stage_layers` already places every layer: drop `first_stage_layers`")
         if self.save_every < 0:
             errors.append(f"`save_every` must be >= 0, got {self.save_every}")
         if errors:
@@ -123,6 +130,29 @@ def synthetic_batch(step: int, cfg: TrainConfig, vocab: int) -> Any:
     )
 
 
+def stage_layout(cfg: TrainConfig, hf_cfg: dict[str, Any], sizes: Any) -> list[list[str]]:
+    """megatron's per-stage layer types from ``stage_layers`` (explicit counts or adnanny-ckpt's plan)."""
+    from adnanny_ckpt.errors import AdNannyCkptError
+    from adnanny_ckpt.layout import plan_layout
+
+    from adnanny_megatron.layout import layout_from_stage_sizes, megatron_layout
+    from adnanny_megatron.provider import arch_spec
+
+    arch = arch_spec(hf_cfg)
+    if cfg.stage_layers == "plan":
+        try:
+            lay = plan_layout(hf_cfg, sizes.pp, sizes.ep, sizes.tp, sizes.dp).layout
+        except AdNannyCkptError as exc:
+            raise AdNannyMegatronError(f"adnanny-ckpt cannot plan layout {cfg.layout!r}: {exc}") from exc
+    else:
+        lay = layout_from_stage_sizes(str(cfg.stage_layers), ep=sizes.ep, tp=sizes.tp, dp=sizes.dp,
+                                      num_experts=arch.num_experts, num_layers=arch.num_layers)
+    if lay.pp != sizes.pp:
+        raise AdNannyMegatronError(f"`stage_layers` {cfg.stage_layers!r} has {lay.pp} stages but `layout` "
+                                   f"{cfg.layout!r} has pp={sizes.pp}")
+    return megatron_layout(lay)
+
+
 def _latest(save_dir: Path) -> Path | None:
     marker = save_dir / "latest.txt"
     if not marker.is_file():
@@ -150,13 +180,16 @@ def main(cfg: TrainConfig) -> list[dict[str, Any]]:
     from adnanny_megatron.optim import OptimSettings
 
     sizes = parallel.sizes_from_layout(cfg.layout, int(os.environ.get("WORLD_SIZE", "1")))
-    parallel.initialize(sizes, seed=cfg.seed, timeout_s=cfg.timeout_s)
+    parallel.initialize(sizes, seed=cfg.seed, timeout_minutes=cfg.timeout_minutes)
     rank = dist.get_rank()
     hf_cfg = resolve_hf_config(cfg.model)
     bf16 = {"auto": None, "fp32": False, "bf16": True}[cfg.dtype]
+    rule = cfg.vocab_divisible_by or (provider.checkpoint_vocab_rule(cfg.init) if cfg.init else None)
+    pipeline_layout = stage_layout(cfg, hf_cfg, sizes) if cfg.stage_layers else None
     spec = provider.transformer_config_from_hf(
-        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep,
+        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep, pipeline_layout=pipeline_layout,
         num_layers_in_first_pipeline_stage=cfg.first_stage_layers if sizes.pp > 1 else None,
+        **({} if rule is None else {"make_vocab_size_divisible_by": rule}),
     )
     backend = MegatronBackend(
         spec,
