@@ -153,8 +153,12 @@ def test_bad_rows_error_or_quarantine(tmp_path: Path, sample_dir: Path, teacher:
     pl.DataFrame(rows).rename({"query": "search_terms"}).drop("reasons", strict=False).write_csv(tmp_path / "in.csv")
     with pytest.raises(BadRowError, match=r"no column\(s\) \['query'\].*map them with `columns`"):
         run_cook(_cfg(tmp_path, teacher, input=str(tmp_path / "in.csv"), k=1))
-    m = run_cook(_cfg(tmp_path, teacher, input=str(tmp_path / "in.csv"), k=1, on_bad_row="quarantine",
+    # (a new `out`: resuming the first folder with another input file and mapping is refused by name)
+    with pytest.raises(ConfigError, match="cannot resume .*the input file changed; `columns` changed"):
+        run_cook(_cfg(tmp_path, teacher, input=str(tmp_path / "in.csv"), k=1, on_bad_row="quarantine",
                       columns={"query": "search_terms"}))
+    m = run_cook(_cfg(tmp_path, teacher, input=str(tmp_path / "in.csv"), k=1, on_bad_row="quarantine",
+                      columns={"query": "search_terms"}, out=str(tmp_path / "out2")))
     assert m["inputs"] == 9
 
 

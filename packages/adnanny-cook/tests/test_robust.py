@@ -14,7 +14,7 @@ from stub_teacher import StubTeacher  # noqa: E402
 
 from adnanny_cook.config import load_config  # noqa: E402
 from adnanny_cook.corpus import read_corpus  # noqa: E402
-from adnanny_cook.errors import TeacherError  # noqa: E402
+from adnanny_cook.errors import ConfigError, TeacherError  # noqa: E402
 from adnanny_cook.pipeline import run_cook  # noqa: E402
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "progress": False, "embed_model": "hashing",
@@ -54,3 +54,23 @@ def test_a_401_still_stops_the_run(tmp_path: Path, sample_dir: Path) -> None:
     with StubTeacher(k=2, bad_rate=0.0, reject_on="", reject_status=401) as s:
         with pytest.raises(TeacherError, match="HTTP 401"):
             run_cook(_cfg(tmp_path, inp, s.base_url))
+
+
+def test_resume_refuses_changed_settings_by_name(tmp_path: Path, sample_dir: Path) -> None:
+    inp = _rows(tmp_path, sample_dir)
+    with StubTeacher(k=4, bad_rate=0.0) as s:
+        m1 = run_cook(_cfg(tmp_path, inp, s.base_url))
+        calls = s.status[200]
+        # the same settings resume (every chunk reused, no call) — also with another eval split
+        again = run_cook(_cfg(tmp_path, inp, s.base_url, eval_fraction=0.3))
+        assert again["resumed_chunks"] == 2 and s.status[200] == calls and again["rows"] == m1["rows"]
+        with pytest.raises(ConfigError, match=r"cannot resume the run in .*: `k` changed from 2 to 3 since"):
+            run_cook(_cfg(tmp_path, inp, s.base_url, k=3))
+        with pytest.raises(ConfigError, match=r"`model` changed from 'teacher' to 'm2'; `variants` changed from "
+                                              r"\['steps', 'rephrased', 'reordered', 'example'\] to \['steps'\]"):
+            run_cook(_cfg(tmp_path, inp, s.base_url, variants=["steps"], model="m2"))
+        with pytest.raises(ConfigError, match="`self_consistency_min_sim` changed from 0.6 to 0.7"):
+            run_cook(_cfg(tmp_path, inp, s.base_url, self_consistency_min_sim=0.7))
+        with pytest.raises(ConfigError, match=r"the task definition \(prompts, labels, tags\) changed"):
+            run_cook(_cfg(tmp_path, inp, s.base_url, labels=["label"]))
+        assert s.status[200] == calls  # nothing was sent for a refused resume

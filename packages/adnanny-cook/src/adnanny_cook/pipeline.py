@@ -7,6 +7,7 @@ Output directory:
     dropped.jsonl                          every rejected candidate / generated output and why (write_dropped)
     golden_report.json / .md               prompt validation report (when `golden` is set)
     cache.sqlite                           teacher response cache (default location)
+    .work/run.json                         the settings the chunks were cooked with (resume refuses others)
     .work/chunks/NNNNN.json                finished chunks (atomic files): what a resumed run skips; a chunk
                                            with a teacher call that failed after all retries is not written,
                                            so a rerun retries those calls
@@ -32,7 +33,7 @@ from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
 from adnanny_cook.errors import AdNannyCookError
 from adnanny_cook.loaders import Item, load_dataset
 
-__all__ = ["CookResult", "run_cook", "write_chunk"]
+__all__ = ["RESUME_KEYS", "CookResult", "check_resume", "resume_fingerprint", "run_cook", "write_chunk"]
 
 
 class CookResult(dict):
@@ -66,6 +67,50 @@ def write_chunk(out: Path, i: int, results: list[dict[str, Any]]) -> bool:
         return False
     atomic_write_bytes(_chunk_path(out, i), json.dumps({"chunk": i, "results": results}).encode())
     return True
+
+
+#: Config keys whose value shapes a finished chunk's results (its teacher calls, filters and choices); a
+#: resumed run must use the same ones. Keys used only when the corpus is assembled (split, shuffle, cross-input
+#: flags) are recomputed every run and may change; so may the endpoint (`base_url`) of the same `model`.
+RESUME_KEYS: tuple[str, ...] = (
+    "task_hash", "labels", "input_sha256", "columns", "id_column", "limit", "on_bad_row", "chunk_size", "model",
+    "temperature", "top_p", "max_tokens", "k", "variants", "n_generate", "keep_per_input", "embed_model",
+    "self_consistency_min_sim", "boilerplate_min_overlap", "boilerplate_min_words", "off_topic_min_sim",
+    "near_dup_threshold", "mmr_lambda", "verifier_model")
+_RUN_FILE = "run.json"
+
+
+def resume_fingerprint(cfg: CookConfig, input_sha256: str) -> dict[str, Any]:
+    """What a saved run's chunks were computed with (`RESUME_KEYS`)."""
+    d = cfg.to_dict()
+    d.update(task_hash=cfg.spec.hash, variants=cfg.variant_ids(), labels=list(cfg.spec.label_fields),
+             input_sha256=input_sha256)
+    return {k: d[k] for k in RESUME_KEYS}
+
+
+def check_resume(out: Path, fp: dict[str, Any]) -> None:
+    """Refuse to resume a run whose saved chunks were computed under other settings, naming every change.
+
+    WHY: chunks are reused when their ids match; without this check a changed `k`, variant list, model, prompt
+    or threshold would silently mix old and new results in one corpus. A run writes the fingerprint; a folder
+    with no finished chunk yet (a first run that stopped early) takes the new settings.
+    """
+    from adnanny_cook.errors import ConfigError
+
+    path = out / ".work" / _RUN_FILE
+    if path.exists() and any((out / ".work" / "chunks").glob("*.json")):
+        saved = json.loads(path.read_text())
+        changed = [k for k in RESUME_KEYS if k in saved and saved[k] != fp[k]]
+        if changed:
+            names = {"task_hash": "the task definition (prompts, labels, tags)", "input_sha256": "the input file"}
+            what = "; ".join(
+                f"{names[k]} changed" if k in names else f"`{k}` changed from {saved[k]!r} to {fp[k]!r}"
+                for k in changed)
+            raise ConfigError(f"cannot resume the run in `{out}`: {what} since its finished chunks were cooked. "
+                              f"Rerun with the saved settings, choose a new `out`, or delete `{out / '.work'}` "
+                              f"to cook again from the response cache.")
+        return
+    atomic_write_bytes(path, json.dumps(fp, indent=2, sort_keys=True).encode())
 
 
 def _prefilter_keywords(cfg: CookConfig, items: list[Item], embedder: Any) -> tuple[list[Item], list[dict]]:
@@ -109,6 +154,7 @@ def run_cook(cfg: CookConfig) -> CookResult:
         # record the dataset's label fields (detected from its columns) so prompts, resume and the manifest agree
         cfg = dataclasses.replace(cfg, labels=list(ds.spec.label_fields))
     items, rejects = ds.items, ds.rejects
+    check_resume(out, resume_fingerprint(cfg, _file_hash(cfg.input)))
     atomic_write_bytes(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n"
                                                       for r in rejects).encode())
     embedder = Embedder(cfg.embed_model)
