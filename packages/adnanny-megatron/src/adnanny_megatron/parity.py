@@ -33,7 +33,8 @@ from typing import Any
 
 from adnanny_megatron.errors import AdNannyMegatronError
 
-__all__ = ["ParityReport", "compare", "convert_for_megatron", "megatron_forward", "hf_forward", "run_parity"]
+__all__ = ["ParityReport", "compare", "convert_for_megatron", "dequantized_reference_dir", "hf_forward",
+           "is_fp8_checkpoint", "megatron_forward", "run_parity"]
 
 
 @dataclass
@@ -84,14 +85,70 @@ def parity_inputs(vocab: int, batch_size: int, seq_len: int, seed: int) -> Any:
     return torch.randint(0, vocab, (batch_size, seq_len), generator=g)
 
 
+def is_fp8_checkpoint(hf_dir: str | Path) -> bool:
+    """True when ``config.json`` declares DeepSeek's FP8 block quantization."""
+    from adnanny_megatron.provider import load_hf_config
+
+    qc = load_hf_config(hf_dir).get("quantization_config") or {}
+    return str(qc.get("quant_method", "")).lower() == "fp8"
+
+
+def dequantized_reference_dir(hf_dir: str | Path, out: str | Path) -> Path:
+    """A BF16 copy of an FP8 HF checkpoint, decoded by adnanny-ckpt's block codec (``out``; reused if complete).
+
+    Why: transformers' FP8 loader refuses weights whose dimensions are not whole 128-blocks, while ckpt's codec
+    handles ragged edge blocks — and it is the codec the conversion uses, so the reference and the converted
+    megatron model hold the same BF16 values (FP8 -> BF16 exactly as ``hf_to_mcore`` decodes it).
+    """
+    import shutil
+
+    from adnanny_ckpt.safetensors_io import HFCheckpointReader, ShardedSafetensorsWriter, atomic_write_json
+
+    from adnanny_megatron.provider import load_hf_config
+
+    src, dst = Path(hf_dir), Path(out)
+    done = dst / ".adnanny-dequantized"
+    if done.is_file():
+        return dst
+    cfg = load_hf_config(src)
+    qc = cfg.pop("quantization_config", None) or {}
+    block = tuple(qc.get("weight_block_size") or (128, 128))
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    with HFCheckpointReader(src) as reader:
+        writer = ShardedSafetensorsWriter(dst)
+        for name in reader.names():
+            if name.endswith("_scale_inv"):
+                continue  # folded into the BF16 values
+            writer.add(name, reader.get_dequantized(name, block=block))  # type: ignore[arg-type]
+        writer.close()
+    atomic_write_json(dst / "config.json", cfg)
+    for extra in src.iterdir():  # tokenizer / generation / modeling files, if any
+        if extra.is_file() and not extra.name.endswith((".safetensors", ".safetensors.index.json")) and \
+                extra.name != "config.json":
+            shutil.copy2(extra, dst / extra.name)
+    done.write_text(str(src.resolve()))
+    return dst
+
+
 def hf_forward(hf_dir: str | Path, ids: Any, device: str = "cpu") -> dict[str, Any]:
-    """Reference outputs from transformers in fp32: ``layer.i`` (i < L-1), ``final_norm``, ``logits``."""
+    """Reference outputs from transformers in fp32: ``layer.i`` (i < L-1), ``final_norm``, ``logits``.
+
+    An FP8 checkpoint is first decoded by adnanny-ckpt's codec (:func:`dequantized_reference_dir`, in a temp
+    dir), so any FP8 checkpoint ckpt can read — ragged 128-blocks included — has a reference.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    ctx = tempfile.TemporaryDirectory(prefix="adnanny-parity-ref-") if is_fp8_checkpoint(hf_dir) else None
+    if ctx is not None:
+        hf_dir = dequantized_reference_dir(hf_dir, Path(ctx.name) / "bf16")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
+    if ctx is not None:
+        ctx.cleanup()
     model.to(device).eval()
     with torch.no_grad():
         out = model(input_ids=ids.to(device), output_hidden_states=True)
