@@ -55,6 +55,8 @@ def test_iter_rows_streams_chunks_and_renames_columns(tmp_path: Path, suffix: st
     assert [len(c) for c in chunks] == [1000, 1000, 500]
     first = chunks[0][0]
     assert first == {"id": "000", "query": "q0", "label": "E"}  # the mapped column replaces the file's `query`
+    both = next(iter(iter_rows(p, columns="query=search_term,ad_title=search_term", chunk_rows=2)))
+    assert both[1]["query"] == both[1]["ad_title"] == "q1" and "search_term" not in both[1]
     assert chunks[2][-1]["query"] == "q2499"
     with pytest.raises(BadRowError, match=rf"`{p}` has no column `qry` \(mapped to task field `query`\); "
                                           r"its columns are \['id', 'search_term', 'query', 'esci'\]"):

@@ -28,7 +28,7 @@ class CookConfig:
     input: str = ""                       # labeled rows: .parquet, .csv, .jsonl or .json
     out: str = ""                         # output directory (corpus.parquet, card, rejects, cache, manifest)
     columns: dict[str, str] = field(default_factory=dict)  # task field -> column name in `input`
-    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + columns present)
+    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + present)
     id_column: str = "id"                 # row id column (row number when absent)
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_row: str = "error"             # "error": stop naming the rows; "quarantine": write rejects.jsonl
@@ -239,7 +239,7 @@ class CorpusConfig:
     input: str = ""                       # labeled rows: .csv, .jsonl, .parquet or .json
     out: str = ""                         # output directory (corpus.parquet, tasks/, card, rejects, manifest)
     columns: dict[str, str] = field(default_factory=dict)  # task field -> column name in `input`
-    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + columns present)
+    labels: list[str] = field(default_factory=list)  # label fields of this dataset (default: required + present)
     id_column: str = "id"                 # row id column (row number when absent); ids are kept as corpus ids
     limit: int = 0                        # use only the first N rows (0 = all)
     on_bad_row: str = "error"             # "error": stop naming the rows; "quarantine": write rejects.jsonl

@@ -150,12 +150,13 @@ def iter_rows(path: str | os.PathLike[str], *, columns: Mapping[str, str] | str 
         except Exception as e:
             raise BadRowError(f"cannot read input file `{p}`: {e}") from e
         _check_mapped(p, cols, have)
-        # a mapped column replaces a same-named column the file also has (`query=search_term` with a `query`)
-        drop = [c for c in have if c in cols and c not in rename]
-        if drop:
-            lf = lf.drop(drop)
-        if rename:
-            lf = lf.rename({c: f for c, f in rename.items() if c != f})
+        if cols:
+            import polars as pl
+
+            # unmapped columns pass through; a mapped column replaces a same-named one the file also has
+            # (`query=search_term` with a `query` column); one file column may feed two task fields
+            keep = [pl.col(c) for c in have if c not in cols and c not in rename]
+            lf = lf.select([*keep, *(pl.col(c).alias(f) for f, c in cols.items())])
         try:
             for batch in lf.collect_batches(chunk_size=chunk_rows):
                 rows = batch.to_dicts()
@@ -180,8 +181,9 @@ def iter_rows(path: str | os.PathLike[str], *, columns: Mapping[str, str] | str 
 
 
 def _rename(r: dict[str, Any], cols: Mapping[str, str], rename: Mapping[str, str]) -> dict[str, Any]:
-    out = {k: v for k, v in r.items() if k in rename or k not in cols}
-    return {rename.get(k, k): v for k, v in out.items()}
+    out = {k: v for k, v in r.items() if k not in cols and k not in rename}
+    out.update({f: r[c] for f, c in cols.items() if c in r})
+    return out
 
 
 def _check_mapped(p: Path, cols: Mapping[str, str], have: list[str]) -> None:

@@ -37,7 +37,8 @@ def _load_builtin(name: str) -> TaskSpec:
     import tomllib
 
     f = resources.files("adnanny_cook.tasks").joinpath("builtin", f"{name}.toml")
-    spec = spec_from_dict(tomllib.loads(f.read_text(encoding="utf-8")), source=f"adnanny_cook/tasks/builtin/{name}.toml")
+    spec = spec_from_dict(tomllib.loads(f.read_text(encoding="utf-8")),
+                          source=f"adnanny_cook/tasks/builtin/{name}.toml")
     if spec.name != name:
         raise ConfigError(f"built-in task file `{name}.toml` defines `name` = {spec.name!r}")
     return spec
