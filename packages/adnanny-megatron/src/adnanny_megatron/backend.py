@@ -41,7 +41,7 @@ __all__ = ["MegatronBackend", "TrainSettings", "lr_factor"]
 class TrainSettings:
     """Step-level knobs of the backend (optimizer knobs live in :class:`adnanny_megatron.optim.OptimSettings`)."""
 
-    micro_batch_size: int = 1
+    micro_batch_size: int = 1  #: largest micro-batch (see MegatronBackend._local_slice); > 1 is faster on GPU
     warmup_steps: int = 0
     total_steps: int = 1
     lr_schedule: str = "constant"  # constant | cosine | linear
@@ -72,15 +72,24 @@ def lr_factor(step: int, s: TrainSettings) -> float:
     return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def _masks(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Position ids from the padding mask and megatron's boolean attention mask (True = masked)."""
+def _masks(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids from the padding mask, and megatron's boolean attention mask (True = masked) or ``None``.
+
+    ``None`` when every row is right-padded (real tokens first, as adnanny-sft's ``collate`` writes them):
+    causal attention alone is then exact for every real token (padding only follows it), so no [B, 1, T, T]
+    mask is built and the SDPA core attention runs its causal kernel. Otherwise (left padding) the dense mask
+    is built; each position may always attend to itself, so fully padded query rows stay finite in SDPA.
+    """
     import torch
 
     am = attention_mask.to(torch.long)
     pos = (am.cumsum(dim=1) - 1).clamp_min(0)  # [B, T]
     t = am.shape[1]
+    n_real = am.sum(dim=1, keepdim=True)
+    if bool((am == (torch.arange(t)[None, :] < n_real).long()).all()):
+        return pos, None
     causal = torch.ones(t, t, dtype=torch.bool).tril()  # [T, T] query x key
-    allowed = causal[None] & am.bool()[:, None, :]  # [B, T, T]
+    allowed = (causal[None] & am.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool)[None]  # [B, T, T]
     return pos, (~allowed)[:, None]  # [B, 1, T, T]
 
 
@@ -154,16 +163,22 @@ class MegatronBackend:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
 
-    def _local_slice(self, batch: Batch) -> tuple[int, int, int]:
+    def _local_slice(self, batch: Batch) -> tuple[int, int, int, int]:
+        """``(first row, rows, micro-batches, micro-batch size)`` of this data-parallel rank.
+
+        ``micro_batch_size`` is an upper bound: the schedule needs equal micro-batches, so the backend uses the
+        largest divisor of the per-rank batch that does not exceed it (a batch of 8 with ``micro_batch_size``
+        4 runs as 2 x 4; a final batch of 3 as 3 x 1). Only the data-parallel split must be exact.
+        """
         b = batch.size
-        mbs = self.settings.micro_batch_size
-        if b % (self.dp_size * mbs):
+        if b % self.dp_size:
             raise AdNannyMegatronError(
-                f"batch size {b} must be a multiple of data-parallel size ({self.dp_size}) x "
-                f"`micro_batch_size` ({mbs}); pad the batch or change `micro_batch_size`"
+                f"batch size {b} must be a multiple of the data-parallel size ({self.dp_size}); pad the batch or "
+                "change the layout"
             )
         local = b // self.dp_size
-        return self.dp_rank * local, local, local // mbs
+        mbs = max(d for d in range(1, min(local, self.settings.micro_batch_size) + 1) if local % d == 0)
+        return self.dp_rank * local, local, local // mbs, mbs
 
     def _run(self, batch: Batch, *, forward_only: bool, nll: bool, kind: str = "sft",
              loss_fn: Any = None) -> torch.Tensor:
@@ -173,8 +188,7 @@ class MegatronBackend:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        start, local, n_micro = self._local_slice(batch)
-        mbs = self.settings.micro_batch_size
+        start, local, n_micro, mbs = self._local_slice(batch)
         t = batch.input_ids.shape[1]
         ids = batch.input_ids[start : start + local]
         labels = torch.zeros_like(ids)
@@ -190,7 +204,8 @@ class MegatronBackend:
             sl = slice(i * mbs, (i + 1) * mbs)
             return {
                 "ids": ids[sl].to(dev), "labels": labels[sl].to(dev), "pos": pos[sl].to(dev),
-                "attn": attn[sl].to(dev), "mask": lmask[sl].to(dev), "w": weights[sl].to(dev),
+                "attn": None if attn is None else attn[sl].to(dev), "mask": lmask[sl].to(dev),
+                "w": weights[sl].to(dev),
                 "rows": torch.arange(start + i * mbs, start + (i + 1) * mbs, device=dev),
             }
 

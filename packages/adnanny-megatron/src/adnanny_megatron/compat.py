@@ -29,6 +29,19 @@ nothing happens at import time.
    Callers must also pass ``model_parallel_cuda_manual_seed(seed, inference_rng_tracker=True)`` (the
    default CUDA RNG tracker needs CUDA generators); :func:`adnanny_megatron.parallel.initialize` does.
 
+3. Speed without TE (selected by the provider, see :mod:`adnanny_megatron.provider`):
+
+   - :class:`SDPADotProductAttention`: the local spec's core attention on
+     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU): no
+     [B, H, T, T] scores are materialised, and with ``attention_mask=None`` (right-padded batches, which the
+     backend detects) no [B, 1, T, T] mask either — causality is ``is_causal=True``. Same interface as
+     :class:`MLADotProductAttention` (MLA's q/k head dim may differ from v's).
+   - :func:`install_torch_grouped_gemm`: megatron's local ``GroupedMLP`` (``moe_grouped_gemm=True``) calls
+     ``grouped_gemm.ops.gmm`` from an optional CUDA package that is not installed here; this provides that
+     op with torch — ``torch._grouped_mm`` on CUDA when a probe forward+backward succeeds, else one matmul per
+     expert — so every local expert runs in one GroupedMLP call whose weights are checkpoint-compatible with
+     ``SequentialMLP`` (megatron's own guarantee). megatron restricts GroupedMLP to bf16.
+
 Known to work with: megatron-core 0.16.1 on torch 2.13.0 (CPU, gloo, Python 3.11) — tested. The GPU path
 (TE fixes only, torch 2.11 + CUDA, Python 3.12) is exercised by ``benchmarks/megatron_gpu.sh`` and not yet
 confirmed by a recorded run. Other megatron-core versions: :func:`apply` refuses nothing,
@@ -50,7 +63,9 @@ from adnanny_megatron.errors import AdNannyMegatronError
 __all__ = [
     "KNOWN_WORKING",
     "MLADotProductAttention",
+    "SDPADotProductAttention",
     "apply",
+    "install_torch_grouped_gemm",
     "cpu_mode_active",
     "have_te",
     "import_megatron",
@@ -130,16 +145,118 @@ def _make_mla_attention_class() -> type:
     return _MLADotProductAttention
 
 
+def _make_sdpa_attention_class(base: type) -> type:
+    import torch
+    import torch.nn.functional as F
+
+    class _SDPADotProductAttention(base):  # type: ignore[misc, valid-type]
+        """Core attention on ``scaled_dot_product_attention``; inputs/outputs as megatron's local attention.
+
+        ``query`` [sq, b, np, hk], ``key`` [sk, b, ng, hk], ``value`` [sk, b, ng, hv] -> [sq, b, np·hv].
+        ``attention_mask`` (megatron's convention, True = masked, [b|1, 1, sq, sk]) or ``None`` = causal.
+        """
+
+        def forward(self, query: Any, key: Any, value: Any, attention_mask: Any, attn_mask_type: Any = None,
+                    attention_bias: Any = None, packed_seq_params: Any = None) -> Any:
+            if packed_seq_params is not None or attention_bias is not None:
+                raise AdNannyMegatronError("SDPA core attention supports neither packed sequences nor attention "
+                                           "bias; use the TE spec for those")
+            rep = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+            if rep > 1:  # GQA: one K/V head serves `rep` query heads
+                key = key.repeat_interleave(rep, dim=2)
+                value = value.repeat_interleave(rep, dim=2)
+            q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, n, s, h]
+            p = self.config.attention_dropout if self.training else 0.0
+            if attention_mask is None:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, dropout_p=p,
+                                                     scale=self.softmax_scale)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask.bool(), dropout_p=p,
+                                                     scale=self.softmax_scale)
+            sq, b = out.shape[2], out.shape[0]
+            return out.permute(2, 0, 1, 3).reshape(sq, b, -1)  # [sq, b, np*hv]
+
+    _SDPADotProductAttention.__name__ = "SDPADotProductAttention"
+    _SDPADotProductAttention.__qualname__ = "SDPADotProductAttention"
+    del torch
+    return _SDPADotProductAttention
+
+
 _MLA_CLASS: list[type] = []
+_SDPA_CLASS: list[type] = []
 
 
 def __getattr__(name: str) -> Any:  # lazy: building the class imports megatron
-    if name == "MLADotProductAttention":
+    if name in ("MLADotProductAttention", "SDPADotProductAttention"):
         if not _MLA_CLASS:
             import_megatron()
             _MLA_CLASS.append(_make_mla_attention_class())
-        return _MLA_CLASS[0]
+        if name == "MLADotProductAttention":
+            return _MLA_CLASS[0]
+        if not _SDPA_CLASS:
+            _SDPA_CLASS.append(_make_sdpa_attention_class(_MLA_CLASS[0]))
+        return _SDPA_CLASS[0]
     raise AttributeError(name)
+
+
+class _TorchGroupedGemmOps:
+    """``grouped_gemm.ops`` for megatron's GroupedMLP, in torch (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.use_torch_grouped_mm: bool | None = None  # decided by a probe on first CUDA use
+
+    def _probe(self, device: Any) -> bool:
+        import torch
+
+        if not hasattr(torch, "_grouped_mm"):
+            return False
+        try:
+            a = torch.randn(48, 32, device=device, dtype=torch.bfloat16, requires_grad=True)
+            b = torch.randn(3, 32, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+            offs = torch.tensor([16, 32, 48], device=device, dtype=torch.int32)
+            out = torch._grouped_mm(a, b, offs=offs)
+            out.float().sum().backward()
+            ref = torch.cat([a[16 * i:16 * (i + 1)].float() @ b[i].float() for i in range(3)])
+            return bool((out.float() - ref).abs().max() <= 0.05 * ref.abs().max())
+        except (RuntimeError, TypeError, NotImplementedError):
+            return False
+
+    def gmm(self, a: Any, b: Any, batch_sizes: Any, trans_b: bool = False) -> Any:
+        """``out[rows of group g] = a[rows of g] @ (b[g].T if trans_b else b[g])``; ``batch_sizes`` = rows/group."""
+        import torch
+
+        w = b.transpose(-2, -1) if trans_b else b
+        if a.is_cuda:
+            if self.use_torch_grouped_mm is None:
+                self.use_torch_grouped_mm = self._probe(a.device)
+            if self.use_torch_grouped_mm and a.dtype == torch.bfloat16:
+                offs = torch.cumsum(batch_sizes.to(device=a.device, dtype=torch.int32), 0, dtype=torch.int32)
+                return torch._grouped_mm(a, w, offs=offs)
+        sizes = [int(x) for x in batch_sizes.tolist()]
+        if sum(sizes) != a.shape[0]:
+            raise AdNannyMegatronError(f"grouped GEMM: batch sizes sum to {sum(sizes)}, input has {a.shape[0]} rows")
+        return torch.cat([x @ w[g] for g, x in enumerate(a.split(sizes))])
+
+
+class _TorchGroupedGemmModule:
+    """Stands in for the ``grouped_gemm`` package inside ``megatron.core.transformer.moe.grouped_gemm_util``."""
+
+    def __init__(self) -> None:
+        self.ops = _TorchGroupedGemmOps()
+
+
+def install_torch_grouped_gemm() -> Any:
+    """Provide ``grouped_gemm.ops.gmm`` to megatron's GroupedMLP with torch (idempotent); returns the ops."""
+    import_megatron()
+    gg = importlib.import_module("megatron.core.transformer.moe.grouped_gemm_util")
+    if isinstance(getattr(gg, "grouped_gemm", None), _TorchGroupedGemmModule):
+        return gg.ops
+    if getattr(gg, "grouped_gemm", None) is not None:  # the real CUDA package is installed: keep it
+        return gg.ops
+    mod = _TorchGroupedGemmModule()
+    _set_attr("megatron.core.transformer.moe.grouped_gemm_util", "grouped_gemm", mod)
+    _set_attr("megatron.core.transformer.moe.grouped_gemm_util", "ops", mod.ops)
+    return mod.ops
 
 
 def _apply_te_fixes() -> None:

@@ -220,7 +220,7 @@ def megatron_forward(hf_dir: str | Path, ckpt_dir: str | Path, ids: Any, sizes: 
 
     def forward_step(data_iterator: Any, m: Any) -> tuple[Any, Any]:
         next(data_iterator)
-        out = m(ids.to(dev), pos.to(dev), attn.to(dev))
+        out = m(ids.to(dev), pos.to(dev), None if attn is None else attn.to(dev))
 
         def loss_func(t: Any) -> tuple[Any, dict[str, Any]]:
             full = gather_from_tensor_model_parallel_region(t)  # vocab-parallel -> full vocab

@@ -156,6 +156,7 @@ class BuildSpec:
     position_embedding_type: str
     rotary_base: float
     use_te: bool
+    core_attention: str = "local"  #: "local" (megatron's DotProductAttention) | "sdpa" (torch SDPA); local spec only
 
     @property
     def family(self) -> str:
@@ -197,6 +198,8 @@ def transformer_config_from_hf(
     make_vocab_size_divisible_by: int = VOCAB_DIVISIBLE_BY,
     pipeline_layout: list[list[str]] | None = None,
     mtp_num_layers: int | None = None,
+    core_attention: str = "auto",
+    moe_grouped_gemm: bool | None = None,
 ) -> BuildSpec:
     """Map an HF config to a megatron config (see the module docstring for the field mapping).
 
@@ -210,6 +213,11 @@ def transformer_config_from_hf(
     The vocabulary is padded with adnanny-ckpt's rule (``make_vocab_size_divisible_by`` · ``tp``, default
     128 as ckpt's converter): pass the value the checkpoint was converted with
     (:func:`checkpoint_vocab_rule` reads it).
+
+    Speed without TE (local spec): ``core_attention`` = ``"sdpa"`` runs attention through torch's
+    ``scaled_dot_product_attention`` (no T×T scores), ``"local"`` megatron's reference attention; ``"auto"``
+    = sdpa on CUDA, local on CPU. ``moe_grouped_gemm`` runs each rank's experts as one grouped GEMM
+    (megatron's GroupedMLP with torch's grouped matmul, bf16 only); ``None`` = on for bf16 on CUDA.
 
     ``pipeline_layout`` (megatron-core's ``pipeline_model_parallel_layout``: per stage ``"embedding"``,
     ``"decoder"``…, ``"mtp"``, ``"loss"``) places any number of layers on each stage — build it from an
@@ -239,6 +247,14 @@ def transformer_config_from_hf(
         )
     if bf16 is None:
         bf16 = torch.cuda.is_available()
+    if core_attention == "auto":
+        core_attention = "sdpa" if torch.cuda.is_available() else "local"
+    if core_attention not in ("local", "sdpa"):
+        raise AdNannyMegatronError(f"`core_attention` must be auto, local or sdpa, got {core_attention!r}")
+    if moe_grouped_gemm is None:
+        moe_grouped_gemm = bool(bf16) and torch.cuda.is_available()
+    if moe_grouped_gemm and not bf16:
+        raise AdNannyMegatronError("`moe_grouped_gemm` needs bf16 (megatron's GroupedMLP supports only bf16)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise AdNannyMegatronError(f"`hidden_act` {cfg.get('hidden_act')!r} unsupported: only 'silu'")
     L = int(_req(cfg, "num_hidden_layers"))
@@ -306,6 +322,7 @@ def transformer_config_from_hf(
             position_embedding_type="rope",
             rotary_base=theta,
             use_te=use_te,
+            core_attention=core_attention,
         )
 
     # ---- DeepSeek-V3
@@ -373,7 +390,7 @@ def transformer_config_from_hf(
         moe_router_dtype="fp32",
         moe_router_load_balancing_type="none",
         moe_aux_loss_coeff=0.0,
-        moe_grouped_gemm=False,
+        moe_grouped_gemm=bool(moe_grouped_gemm),
         moe_token_dispatcher_type=token_dispatcher or ("alltoall" if torch.cuda.is_available() else "allgather"),
         moe_permute_fusion=False,
     )
@@ -387,6 +404,7 @@ def transformer_config_from_hf(
         position_embedding_type="none",  # MLA applies its own (YaRN) rotary embedding
         rotary_base=theta,
         use_te=use_te,
+        core_attention=core_attention,
     )
 
 
@@ -401,17 +419,22 @@ def layer_spec(spec: BuildSpec, *, pp_rank: int | None = None) -> Any:
         get_gpt_layer_with_transformer_engine_spec,
     )
 
+    attn_cls = compat.SDPADotProductAttention if spec.core_attention == "sdpa" else compat.MLADotProductAttention
     if spec.family == "llama":
         if spec.use_te:
             return get_gpt_layer_with_transformer_engine_spec()
-        return get_gpt_layer_local_spec(normalization="RMSNorm")
+        ls = get_gpt_layer_local_spec(normalization="RMSNorm")
+        if spec.core_attention == "sdpa":
+            ls.submodules.self_attention.submodules.core_attention = attn_cls
+        return ls
+    if getattr(spec.config, "moe_grouped_gemm", False) and not spec.use_te:
+        compat.install_torch_grouped_gemm()
     block = get_gpt_decoder_block_spec(
         spec.config, use_transformer_engine=spec.use_te, normalization="RMSNorm", pp_rank=pp_rank
     )
     if not spec.use_te:
-        mla_cls = compat.MLADotProductAttention
         for ls in block.layer_specs:
-            ls.submodules.self_attention.submodules.core_attention = mla_cls
+            ls.submodules.self_attention.submodules.core_attention = attn_cls
     return block
 
 
