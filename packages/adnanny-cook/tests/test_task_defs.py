@@ -210,3 +210,34 @@ def test_near_duplicates_at_the_threshold_are_grouped_in_both_orders(order: int)
     assert len(set(near_duplicate_groups(["a b c d", "a b c e f"], 0.8))) == 2
     rows = [{"query": k, "ad_title": "t"} for k in keys]
     assert len(set(split_rows(["query_ad", "query_ad"], rows, eval_fraction=0.5, seed=3))) == 1
+
+
+def test_builtin_prompts_are_byte_identical_to_the_python_registry_they_replaced() -> None:
+    """Every prompt, target, stop string, defect set, split key and stated-label reading of the eight built-in
+    tasks, dumped as the Python-literal registry rendered them before tasks became TOML files (sha256 of that
+    dump recorded then). A changed word in any built-in prompt fails here."""
+    import hashlib
+
+    out = {}
+    for n in TASK_NAMES:
+        t = get_task(n)
+        row = {f: f"value of {f} <think>x</think>" for f in t.input_fields}
+        labels = {f: (vals[-1] if vals else f"generated {f} text") for f, vals in t.label_fields.items()}
+        d: dict = {}
+        for mode in ("reasoning", "label"):
+            d[mode] = t.render_messages(row, mode)
+            d[mode + "_ex"] = t.render_messages(row, mode, example=True)
+            d["target_" + mode] = t.format_target(labels, "Some reasoning." if mode == "reasoning" else None)
+        d["variants"] = [t.reasoning_messages(row, labels, variant=i) for i in range(len(t.reasoning_variants))]
+        if t.generation_instruction:
+            d["gen"] = t.generation_messages(row, n=3)
+        d["stop"] = list(t.label_stop)
+        d["kind"] = t.kind
+        d["defect"] = {k: list(v) for k, v in t.defect_values.items()}
+        d["group"] = group_key(n, row)
+        d["stated"] = {k: sorted(map(str, v)) for k, v in stated_labels(t, (
+            "The relevance label 'Fair' and location label: bad, ad-quality label Good, quality label bad, score "
+            "of 2, relevance score 3, label 1, preference B, relevance good")).items()}
+        out[n] = d
+    blob = json.dumps(out, indent=1, sort_keys=True).encode()
+    assert hashlib.sha256(blob).hexdigest() == "708a66cdb929d7534c7ed39bd3b6c288ade806dfaf7827ecfb611adf84083989"
