@@ -128,6 +128,11 @@ def test_corpus_labels_flag_requires_the_chosen_fields(tmp_path: Path, capsys) -
     # a file with a location_label column: the dataset has that field, and a row missing it is a bad row
     assert main(args) == 2
     assert "label column `location_label` is missing or empty" in capsys.readouterr().err
+    # an exported but empty optional column does not make the dataset carry that field
+    pl.DataFrame({"query": ["a b", "c d"], "ad_title": ["x", "y"], "label": ["good", "bad"],
+                  "quality_label": [None, ""]}).write_csv(tmp_path / "qa2.csv")
+    assert main([*args[:4], str(tmp_path / "qa2.csv"), "--out", str(tmp_path / "o2")]) == 0
+    assert list(load_task_from_dir(tmp_path / "o2", "query_ad").label_fields) == ["label"]
     assert main([*args, "--labels", "label"]) == 0
     assert set(read_corpus(tmp_path / "o")["target"]) == {"<Label>Good</Label>", "<Label>Bad</Label>"}
     assert main([*args, "--labels", "quality_label"]) == 2

@@ -7,7 +7,8 @@ file and the offending rows and columns; with `"quarantine"` bad rows come back 
 (the pipeline writes them to `rejects.jsonl`). Nothing is dropped silently.
 
 Label fields of a dataset: `labels` when given (`--labels label`), else the task's required label fields plus
-each optional one the file has a column for (a file with only `label` is a relevance-only `query_ad` set).
+each optional one that some row of the file gives (a file with only `label` is a relevance-only `query_ad`
+set).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _flatten(r: dict[str, Any]) -> dict[str, Any]:
 
 def dataset_labels(spec: TaskSpec, present: Sequence[str], labels: Sequence[str] | None = None) -> TaskSpec:
     """`spec` restricted to the dataset's label fields: `labels` if given, else the required fields plus the
-    optional ones among `present` (the fields the file has columns for)."""
+    optional ones among `present` (the fields some row of the file gives)."""
     if labels:
         return spec.select_labels(tuple(labels))
     keep = [f for f in spec.label_fields if f not in spec.optional_labels or f in present]
@@ -80,7 +81,10 @@ def load_dataset(path: str | Path, task: str | TaskSpec, *, columns: Mapping[str
             flat = flat[:limit]
             break
     present = {k for r in flat[:1024] for k in r}
-    spec = dataset_labels(base, sorted(present), labels)
+    # an optional label field belongs to the dataset when some row gives it (an all-empty exported column does
+    # not make every row bad)
+    given = [f for f in base.optional_labels if any(not _blank(r.get(f)) for r in flat)]
+    spec = dataset_labels(base, given, labels)
     if flat and split_column and split_column not in present:
         raise BadRowError(f"input file `{path}` has no split column `{split_column}`; the file has columns "
                           f"{sorted(present)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 from adnanny_cook.errors import (ConfigError, InvalidLabelError, MalformedOutputError, MissingTagError,
@@ -168,7 +169,7 @@ class TaskSpec:
     def label_stop(self) -> tuple[str, ...]:
         return (f"</{self.tags[self.field_order[-1]]}>",)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """sha256 hex of the canonical definition (`to_dict`): equal hashes = equal prompts, tags and labels."""
         import hashlib
