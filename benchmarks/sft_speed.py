@@ -6,11 +6,18 @@ AdamW at the same LR, batch size and max length, fp32. Throughput counts the rea
 the epoch divided by the summed optimizer-step time (setup and data preparation excluded on both sides;
 whole-process wall time is reported too). Our side runs the real recipe (`adnanny_sft.train`) with its
 defaults: length bucketing, selective LM head, minibatch instance weights (task weights off: they need
-evaluation passes TRL does not do). A second row disables bucketing to show what it contributes.
+evaluation passes TRL does not do). A second row disables bucketing: that is the like-for-like row (TRL
+does not bucket by length either), reported beside ours in the summary.
 
-    python benchmarks/sft_speed.py [--rows 512] [--batch 8] [--model tiny-deepseek-v3|smollm2]
+Fairness (issue 15): TRL 1.16's ``SFTConfig`` turns gradient checkpointing ON by default (7-11% of its step
+time in an independent re-measurement); this script switches it off, as adnanny-sft does not checkpoint. The
+JSON records every argument, the script's defaults and whether the run used them (``used_defaults``), so a
+record made with other settings is visible as such.
 
-Timings are noisy on a shared machine: the JSON records os.getloadavg() before and after.
+    python benchmarks/sft_speed.py [--rows 128] [--batch 8] [--threads 1] [--model tiny-deepseek-v3|smollm2]
+
+Timings are noisy on a shared machine: the JSON records os.getloadavg() before and after; the default of one
+intra-op thread keeps the two sides comparable on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -112,11 +119,13 @@ def worker_trl(args: argparse.Namespace) -> dict:
                     max_length=args.max_len, num_train_epochs=1, learning_rate=1e-4, lr_scheduler_type="constant",
                     warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**6, save_strategy="no",
                     report_to="none", use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0,
-                    completion_only_loss=True, seed=0, disable_tqdm=True)
+                    completion_only_loss=True, seed=0, disable_tqdm=True,
+                    gradient_checkpointing=False)  # TRL 1.16 defaults to True; adnanny-sft does not checkpoint
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, callbacks=[timer])
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
     out = trainer.train()
-    return {"side": "TRL SFTTrainer", "steps": timer.steps, "tokens": tokens, "step_time_s": timer.total,
+    return {"side": "TRL SFTTrainer", "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+            "steps": timer.steps, "tokens": tokens, "step_time_s": timer.total,
             "tokens_per_s": tokens / timer.total, "final_loss_avg": out.training_loss,
             "wall_s": time.perf_counter() - t0,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -124,18 +133,20 @@ def worker_trl(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=512)
+    p.add_argument("--rows", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-len", dest="max_len", type=int, default=512)
     p.add_argument("--model", default="tiny-deepseek-v3")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--worker", choices=["ours", "trl"])
     p.add_argument("--bucket", type=int, default=8)
     p.add_argument("--sample")
     p.add_argument("--tmp")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
+    defaults = {a.dest: a.default for a in p._actions if a.dest in ("rows", "batch", "max_len", "model", "hidden",
+                                                                     "threads")}
     if args.worker:
         res = worker_ours(args) if args.worker == "ours" else worker_trl(args)
         print("RESULT " + json.dumps(res))
@@ -164,6 +175,8 @@ def main() -> None:
             results.append(json.loads(line[len("RESULT "):]))
     load_after = os.getloadavg()
     trl = results[0]
+    if trl.get("gradient_checkpointing"):
+        raise SystemExit("TRL ran with gradient checkpointing on: the comparison would not be like for like")
     print(f"{'side':<36} {'steps':>5} {'tokens':>8} {'tok/s':>9} {'ratio':>6} {'peak RSS MiB':>12} {'wall s':>7}")
     for r in results:
         ratio = r["tokens_per_s"] / trl["tokens_per_s"]
@@ -171,7 +184,14 @@ def main() -> None:
         print(f"{r['side']:<36} {r['steps']:>5} {r['tokens']:>8} {r['tokens_per_s']:>9.0f} {ratio:>6.2f} "
               f"{r['peak_rss_mib']:>12.0f} {r['wall_s']:>7.1f}")
     print(f"loadavg before {load_before}, after {load_after} (2-core shared machine: timings are noisy)")
-    payload = {"benchmark": "sft_speed", "model": args.model, "hidden": args.hidden, "rows": args.rows,
+    ours = next(r for r in results if r["side"].endswith("(bucket_batches=8)"))
+    like = next(r for r in results if r["side"].endswith("(bucket_batches=1)"))
+    used = {k: getattr(args, k) for k in defaults}
+    payload = {"benchmark": "sft_speed", "args": used, "defaults": defaults, "used_defaults": used == defaults,
+               "summary": {"ratio_vs_trl_ours (bucketing on)": ours["ratio_vs_trl"],
+                           "ratio_vs_trl_like_for_like (no bucketing)": like["ratio_vs_trl"],
+                           "trl_gradient_checkpointing": trl.get("gradient_checkpointing")},
+               "model": args.model, "hidden": args.hidden, "rows": args.rows,
                "batch": args.batch, "max_len": args.max_len, "threads": args.threads, "device": "cpu",
                "dtype": "float32", "results": results, "loadavg_before": load_before, "loadavg_after": load_after,
                "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
