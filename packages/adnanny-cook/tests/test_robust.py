@@ -74,3 +74,21 @@ def test_resume_refuses_changed_settings_by_name(tmp_path: Path, sample_dir: Pat
         with pytest.raises(ConfigError, match=r"the task definition \(prompts, labels, tags\) changed"):
             run_cook(_cfg(tmp_path, inp, s.base_url, labels=["label"]))
         assert s.status[200] == calls  # nothing was sent for a refused resume
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_before_any_call(tmp_path: Path, sample_dir: Path) -> None:
+    import os
+
+    from adnanny_cook.config import CorpusConfig
+    from adnanny_cook.label_corpus import run_corpus
+    from adnanny_cook.lock import FolderLock, FolderLockedError
+
+    inp = _rows(tmp_path, sample_dir, 3)
+    with StubTeacher(k=2, bad_rate=0.0) as s:
+        with FolderLock(tmp_path / "out", "another adnanny-cook run"):
+            with pytest.raises(FolderLockedError, match=rf"in use by PID {os.getpid()} .*another adnanny-cook run"):
+                run_cook(_cfg(tmp_path, inp, s.base_url))
+            with pytest.raises(FolderLockedError, match="in use by PID"):
+                run_corpus(CorpusConfig(task="query_ad", input=str(inp), out=str(tmp_path / "out")))
+        assert sum(s.status.values()) == 0 and not (tmp_path / "out" / "corpus.parquet").exists()
+        assert run_cook(_cfg(tmp_path, inp, s.base_url))["rows"] > 0  # released: the folder is usable again

@@ -42,8 +42,16 @@ def empty_reason(*, rows_read: int, rejects: int, dropped: dict[str, int] | None
 def run_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     """Write a label-only corpus from `cfg.input`; returns the manifest (also written as `manifest.json`).
 
-    A manifest with `rows == 0` carries `warnings` saying why (the CLI then exits non-zero).
+    A manifest with `rows == 0` carries `warnings` saying why (the CLI then exits non-zero). The output folder
+    is locked while it is written (`FolderLock`).
     """
+    from adnanny_cook.lock import FolderLock
+
+    with FolderLock(cfg.out, "adnanny-cook corpus"):
+        return _run_corpus(cfg)
+
+
+def _run_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     from adnanny_cook.card import write_card
     from adnanny_cook.loaders import load_dataset
     from adnanny_cook.pipeline import CookResult, _file_hash

@@ -142,7 +142,18 @@ def _prefilter_keywords(cfg: CookConfig, items: list[Item], embedder: Any) -> tu
 
 
 def run_cook(cfg: CookConfig) -> CookResult:
-    """Run (or resume) a cooking job; returns the manifest. Raises `AdNannyCookError` subclasses on bad input."""
+    """Run (or resume) a cooking job; returns the manifest. Raises `AdNannyCookError` subclasses on bad input.
+
+    The output folder is locked for the whole run (`FolderLock`): a second `run` on the same folder is refused
+    at once, naming the holder's PID, instead of paying the teacher a second time for the same calls.
+    """
+    from adnanny_cook.lock import FolderLock
+
+    with FolderLock(cfg.out, "adnanny-cook run"):
+        return _run_cook(cfg)
+
+
+def _run_cook(cfg: CookConfig) -> CookResult:
     from adnanny_cook.embed import Embedder
 
     t0 = time.perf_counter()
