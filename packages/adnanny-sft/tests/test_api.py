@@ -16,11 +16,14 @@ EXPECTED = [
     "DataError",
     "NonFiniteLossError",
     "SFTConfig",
+    "Threshold",
     "TrainResult",
     "TrainingBackend",
     "__version__",
+    "calibrate_threshold",
     "instance_weight",
     "load_config",
+    "read_model_manifest",
     "task_weights",
     "train",
 ]
@@ -33,7 +36,8 @@ def test_all_is_pinned() -> None:
 
 
 def test_import_is_light() -> None:
-    code = ("import sys, adnanny_sft, adnanny_sft.backend, adnanny_sft.weighting, adnanny_sft.config; "
+    code = ("import sys, adnanny_sft, adnanny_sft.backend, adnanny_sft.weighting, adnanny_sft.config, "
+            "adnanny_sft.calibration, adnanny_sft.export, adnanny_sft.fixture; "
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'polars') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

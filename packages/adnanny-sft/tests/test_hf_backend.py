@@ -124,3 +124,38 @@ def test_tiny_deepseek_v3_runs_and_learns(tokenizer) -> None:
     last = be.per_sample_nll(batch) * (batch.loss_mask[:, 1:] != 0).sum(1)
     assert all(math.isfinite(v) for v in first.tolist())
     assert float(last.sum()) < 0.7 * float(first.sum())
+
+
+def _prefixed_batch(vocab: int, prefix: int = 10):
+    from adnanny_sft.hf_backend import shared_prefix_length
+
+    b = make_batch(vocab, batch=3, length=20, pad_last=3)
+    b.input_ids[:, :prefix] = b.input_ids[0, :prefix]  # a shared "system prompt"
+    b.loss_mask[:, :] = 0.0
+    b.loss_mask[:, prefix + 2:] = 1.0  # targets start two tokens after the prefix
+    b.loss_mask[-1, 17:] = 0.0  # the padded row
+    assert shared_prefix_length(b) == prefix - 1  # minus one: the last shared position predicts a differing token
+    return b
+
+
+@pytest.mark.parametrize(("arch", "lora"), [("deepseek_v3", False), ("llama", True)], ids=["v3-full", "llama-lora"])
+def test_shared_prefix_equals_the_full_forward(arch: str, lora: bool) -> None:
+    """Running the common prefix once (share_prefix) gives the same losses and gradients as the plain pass."""
+    from adnanny_ckpt.synthetic import tiny_deepseek_v3_config
+
+    cfg = (tiny_deepseek_v3_config(hidden_size=32, vocab_size=64, fp8=False) if arch == "deepseek_v3"
+           else tiny_llama_config(64))
+    settings = LoraSettings(r=4, alpha=8) if lora else None
+    a = build_hf_backend(cfg, seed=0, lr=1e-2, total_steps=10, lora=settings)
+    b = build_hf_backend(cfg, seed=0, lr=1e-2, total_steps=10, lora=settings, share_prefix=True)
+    batch = _prefixed_batch(64)
+    assert torch.allclose(a.per_sample_nll(batch), b.per_sample_nll(batch), atol=1e-5)
+    la, lb = a.forward_backward(batch), b.forward_backward(batch)
+    assert torch.allclose(la, lb, atol=1e-5) and la.sum() > 0
+    ga = [p.grad for p in a.model.parameters() if p.requires_grad]
+    gb = [p.grad for p in b.model.parameters() if p.requires_grad]
+    assert all((x is None) == (y is None) for x, y in zip(ga, gb, strict=True))
+    assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(ga, gb, strict=True) if x is not None)
+    # no common prefix (random rows) falls back to the plain pass
+    plain = make_batch(64)
+    assert torch.allclose(a.per_sample_nll(plain), b.per_sample_nll(plain), atol=1e-6)

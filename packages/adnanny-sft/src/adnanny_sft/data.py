@@ -10,6 +10,17 @@ and target of each form are rendered by the task's own ``render_messages(input, 
 apart. A row already in a requested form is used as written; the other form is derived from its ``input``
 and ``labels`` (a label-only row cannot yield a reasoning target: it is counted as skipped, not invented).
 Rows of other tasks (public instruction data) keep their single form.
+
+Task definitions come from the corpus folder (``tasks/<name>.toml``, written by cook; ``task_specs``), never
+from a table here, so a user's own task trains exactly as it was cooked. ``labels`` restricts a labeling task
+to some of its label fields (``spec.select_labels``: relevance-only ``query_ad`` asks for and is trained on
+``<Label>`` alone); every row of such a task is then re-rendered from its ``input`` and ``labels``, because
+its stored prompt asks for the other tags too. WHY: constant auxiliary tags (a location label that is
+``good`` on 98% of rows) otherwise take most of the target tokens and let the loss fall while the one label
+that matters is still at the prior.
+
+``row_class`` is the class a row is balanced by (``class_balance``): its primary field's value, or just
+defect / non-defect.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import Any
 
 from adnanny_sft.errors import ConfigError, DataError
 
-__all__ = ["FORMS", "read_rows", "with_target_forms"]
+__all__ = ["FORMS", "corpus_folder", "read_rows", "row_class", "task_specs", "with_target_forms"]
 
 FORMS = ("reasoning", "label")
 
@@ -45,6 +56,59 @@ def read_rows(path: str | Path, *, split: str | None = "train") -> list[dict[str
     return rows
 
 
+def corpus_folder(path: str | Path) -> Path:
+    """The folder that holds a corpus's ``tasks/`` definitions: the corpus directory, or a Parquet file's folder."""
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
+def task_specs(corpus: str | Path, names: Iterable[str], *, labels: Sequence[str] = ()) -> dict[str, Any]:
+    """{task: TaskSpec} as the corpus was built (``tasks/<name>.toml``; registered built-ins for older
+    corpora), labeling tasks restricted to the fields in ``labels`` that they have (none listed: all fields).
+
+    Names that are no cook task (public instruction data) are left out: their rows keep their single form.
+    """
+    from adnanny_cook.errors import UnknownTaskError
+    from adnanny_cook.tasks import load_task_from_dir
+
+    folder = corpus_folder(corpus)
+    out: dict[str, Any] = {}
+    for name in sorted(set(names)):
+        try:
+            spec = load_task_from_dir(folder, name)
+        except UnknownTaskError:
+            continue
+        keep = [f for f in spec.label_fields if f in labels] if spec.kind == "label" else []
+        if keep:
+            try:
+                spec = spec.select_labels(keep)
+            except Exception as e:  # cook's ConfigError: a required label field was not selected
+                raise ConfigError(f"`labels` = {list(labels)} for task `{name}` of `{corpus}`: {e}") from e
+        out[name] = spec
+    if labels:
+        known = {f for s in out.values() if s.kind == "label" for f in s.label_fields}
+        every = {f for n in out for f in load_task_from_dir(folder, n).label_fields}
+        unknown = sorted(set(labels) - every)
+        if unknown:
+            raise ConfigError(f"`labels` names {unknown}, a label field of no task in `{corpus}` "
+                              f"(their fields: {sorted(every)}; kept: {sorted(known)}).")
+    return out
+
+
+def row_class(row: Mapping[str, Any], spec: Any, by: str = "defect") -> str | None:
+    """The class of a labeling row for class balancing: ``by="value"`` its primary field's value,
+    ``by="defect"`` ``"defect"``/``"non-defect"``; None for tasks without a primary field."""
+    field = getattr(spec, "primary_field", None) if spec is not None else None
+    if field is None:
+        return None
+    value = spec.map_label(field, _json(row, "labels").get(field))
+    if by == "value":
+        return str(value)
+    if by != "defect":
+        raise ConfigError(f"`class_balance_by` must be 'defect' or 'value'; got {by!r}.")
+    return "defect" if value in spec.defect_values.get(field, ()) else "non-defect"
+
+
 def _json(row: Mapping[str, Any], key: str) -> dict[str, Any]:
     v = row.get(key)
     if isinstance(v, Mapping):
@@ -65,17 +129,30 @@ def _input_key(row: Mapping[str, Any]) -> str:
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False)
 
 
+def _render(spec: Any, row: Mapping[str, Any], form: str) -> tuple[list[dict[str, str]], str]:
+    """(messages, target) of ``row`` in ``form`` under ``spec`` (labels restricted to the spec's fields)."""
+    inp = _json(row, "input")
+    labels = {k: v for k, v in _json(row, "labels").items() if k in spec.label_fields}
+    reasoning = row.get("reasoning") if form == "reasoning" else None
+    return spec.render_messages(inp, form), spec.format_target(labels, reasoning)
+
+
 def with_target_forms(
-    rows: Iterable[Mapping[str, Any]], forms: Sequence[str] = FORMS
+    rows: Iterable[Mapping[str, Any]], forms: Sequence[str] = FORMS, *, specs: Mapping[str, Any] | None = None,
+    rerender: Iterable[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Expand cook-task rows into the requested target forms; returns (rows, counts).
 
-    Derived rows get the id ``"<id>#<form>"``; a row's own form keeps its id. ``counts`` has ``kept``,
-    ``derived``, ``skipped_no_reasoning`` (label-only rows for which a reasoning target was requested and the
-    corpus has none) and ``not_requested`` (rows whose own form was not requested).
+    ``specs`` are the task definitions to render with (default: the registered tasks); rows of the tasks in
+    ``rerender`` are all re-rendered from their ``input``/``labels`` (their stored prompt and target belong to
+    another definition, e.g. before ``select_labels``). Derived rows get the id ``"<id>#<form>"``; a row's own
+    form keeps its id. ``counts`` has ``kept``, ``derived``, ``skipped_no_reasoning`` (label-only rows for which
+    a reasoning target was requested and the corpus has none) and ``not_requested`` (rows whose own form was
+    not requested).
     """
     from adnanny_cook.tasks import get_task
 
+    redo = set(rerender)
     forms = tuple(forms)
     rows = [dict(r) for r in rows]
     if not forms or any(f not in FORMS for f in forms) or len(set(forms)) != len(forms):
@@ -87,7 +164,7 @@ def with_target_forms(
     for row in rows:
         task = str(row.get("task"))
         try:
-            spec = get_task(task)
+            spec = specs[task] if specs is not None else get_task(task)
         except Exception:  # not a cook task (e.g. public instruction data): one form only
             out.append(dict(row))
             counts["kept"] += 1
@@ -97,7 +174,10 @@ def with_target_forms(
             counts["not_requested"] += 1
         for form in forms:
             if form == mode:
-                out.append(dict(row))
+                kept = dict(row)
+                if task in redo:
+                    kept["messages"], kept["target"] = _render(spec, row, form)
+                out.append(kept)
                 counts["kept"] += 1
                 continue
             if (task, _input_key(row), form) in present:
@@ -106,13 +186,10 @@ def with_target_forms(
             if form == "reasoning" and not (isinstance(reasoning, str) and reasoning.strip()):
                 counts["skipped_no_reasoning"] += 1
                 continue
-            inp = _json(row, "input")
-            labels = _json(row, "labels")
             new = dict(row)
             new["id"] = f"{row['id']}#{form}"
             new["mode"] = form
-            new["messages"] = spec.render_messages(inp, form)
-            new["target"] = spec.format_target(labels, reasoning if form == "reasoning" else None)
+            new["messages"], new["target"] = _render(spec, row, form)
             out.append(new)
             counts["derived"] += 1
     return out, counts

@@ -124,6 +124,7 @@ class HFBackend:
         lr_schedule: str = "cosine",
         min_lr_ratio: float = 0.1,
         selective_head: bool = True,
+        share_prefix: bool = False,
         device: str = "cpu",
     ) -> None:
         import torch
@@ -138,6 +139,7 @@ class HFBackend:
         self.model = model.to(self.device)
         self.max_grad_norm = float(max_grad_norm)
         self.selective_head = bool(selective_head) and self._head_is_plain()
+        self.share_prefix = bool(share_prefix)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         if not self._params:
             raise ConfigError("the model has no trainable parameter (`requires_grad` is False everywhere).")
@@ -306,6 +308,10 @@ class HFBackend:
             return (nll * mask).sum(dim=1), counts
         decoder = self.model.get_decoder()
         head = self.model.get_output_embeddings()
+        if self.share_prefix:
+            p = shared_prefix_length(b)
+            if p >= _MIN_SHARED_PREFIX:
+                return self._losses_shared_prefix(b, p, decoder, head), counts
         hidden = decoder(input_ids=b.input_ids, attention_mask=attn, position_ids=position_ids,
                          use_cache=False).last_hidden_state  # [B, T, H]
         sel = mask != 0  # [B, T-1]
@@ -318,6 +324,35 @@ class HFBackend:
         losses = losses.index_add(0, rows[0], nll)
         return losses, counts
 
+
+    def _losses_shared_prefix(self, b: Batch, p: int, decoder: Any, head: Any) -> torch.Tensor:
+        """``_losses`` when every row starts with the same ``p`` tokens (no loss on them): the prefix runs once
+        (batch 1), its keys/values are broadcast to the batch, and only the suffixes run per row. Exact up to
+        float summation order: causal attention makes a prefix position independent of what follows, and MoE
+        routing is per token. WHY: a task's system prompt is the same for every row and is most of a short
+        labeling sequence (query_ad label-only: ~90 of ~115 tokens), so this cuts the step's work ~2-3×."""
+        import torch
+        import torch.nn.functional as F
+
+        from transformers import DynamicCache
+
+        ids, attn = b.input_ids, b.attention_mask.long()
+        n = ids.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        _decoder_call(decoder, input_ids=ids[:1, :p], attention_mask=attn[:1, :p],
+                      position_ids=torch.arange(p, device=ids.device)[None], cache=cache)
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(n, *layer.values.shape[1:])
+        position_ids = (attn.cumsum(dim=1) - 1).clamp_min(0)[:, p:]
+        hidden = _decoder_call(decoder, input_ids=ids[:, p:], attention_mask=attn, position_ids=position_ids,
+                               cache=cache).last_hidden_state  # [B, T-p, H]
+        mask = b.loss_mask[:, p + 1:].float()  # predicting token t (t > p) from suffix position t-1
+        rows = torch.nonzero(mask != 0, as_tuple=True)
+        logits = head(hidden[:, :-1, :][rows]).float()
+        nll = F.cross_entropy(logits, ids[:, p + 1:][rows], reduction="none") * mask[rows]
+        losses = torch.zeros(n, dtype=nll.dtype, device=nll.device)
+        return losses.index_add(0, rows[0], nll)
 
     def _token_logprobs(self, b: Batch) -> torch.Tensor:
         """``[B, T]`` log p(token t | < t) on positions with a non-zero loss mask (0 elsewhere)."""
@@ -338,6 +373,33 @@ class HFBackend:
         lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]  # [N]
         full = torch.zeros(b.input_ids.shape, dtype=lp.dtype, device=lp.device)  # [B, T]
         return full.index_put((rows[0], rows[1] + 1), lp)
+
+
+#: Shorter common prefixes are not worth a separate forward pass.
+_MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(b: Batch) -> int:
+    """How many leading positions every row of ``b`` shares and may run once: same token ids, attended, and no
+    loss on them; minus one, so the position that predicts the first differing (or first target) token stays
+    in the per-row part. 0 for a single-row batch."""
+    import torch
+
+    ids, attn, mask = b.input_ids, b.attention_mask, b.loss_mask
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0) & (attn != 0).all(dim=0) & (mask == 0).all(dim=0)  # [T]
+    run = int(torch.cumprod(same.to(torch.int64), dim=0).sum())
+    return max(0, min(run, ids.shape[1] - 1) - 1)
+
+
+def _decoder_call(decoder: Any, **kw: Any) -> Any:
+    """The decoder with a KV cache (``cache=`` in transformers >= 5, ``past_key_values=`` before)."""
+    cache = kw.pop("cache")
+    try:
+        return decoder(**kw, cache=cache, use_cache=True)
+    except TypeError:
+        return decoder(**kw, past_key_values=cache, use_cache=True)
 
 
 def _atomic(path: Path, write: Any) -> None:

