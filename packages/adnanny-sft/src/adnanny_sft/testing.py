@@ -5,6 +5,10 @@ implement ``make_backend`` (a *fresh* backend, identically initialised on every 
 and set ``vocab_size``; every ``test_*`` method then checks one clause of the protocol through the protocol
 alone (no logits, no parameters), so the same tests hold the HF backend here and the Megatron backend in
 adnanny-megatron to the same numerics. ``atol`` loosens float comparisons for backends that reorder sums.
+
+The kit also hands out the shared fine-tuned tiny model: ``fine_tuned_fixture()`` (a Path, built once and
+cached, see ``adnanny_sft.fixture``) and the session-scoped pytest fixture ``fine_tuned_model`` (import it
+into a ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import math
 import tempfile
 from typing import Any
 
-__all__ = ["TrainingBackendConformance", "make_batch", "tiny_llama_config"]
+__all__ = ["TrainingBackendConformance", "fine_tuned_fixture", "fine_tuned_model", "make_batch",
+           "tiny_llama_config"]
 
 
 def tiny_llama_config(vocab_size: int = 64) -> dict[str, Any]:
@@ -199,3 +204,26 @@ class TrainingBackendConformance:
         assert sa == sb
         probe = make_batch(self.vocab_size, seed=6)
         assert torch.equal(a.per_sample_nll(probe), b.per_sample_nll(probe))
+
+
+# -- the shared fine-tuned model (see adnanny_sft.fixture) -------------------------------------------------
+def fine_tuned_fixture(**kwargs: Any) -> Any:
+    """Path of the shared fine-tuned tiny model directory (built once, cached by content hash);
+    see :func:`adnanny_sft.fixture.fine_tuned_fixture`."""
+    from adnanny_sft.fixture import fine_tuned_fixture as build
+
+    return build(**kwargs)
+
+
+try:  # a pytest fixture for test suites: `from adnanny_sft.testing import fine_tuned_model` in a conftest.py
+    import pytest as _pytest
+except ImportError:  # pragma: no cover - pytest is a test-time dependency only
+    _pytest = None
+
+if _pytest is not None:
+
+    @_pytest.fixture(scope="session")
+    def fine_tuned_model() -> Any:
+        """Session-scoped: the exported model dir of :func:`fine_tuned_fixture` (``model.parent / "sample"``
+        holds the sample world it was trained on, with its held-out ``eval`` split and golden sets)."""
+        return fine_tuned_fixture()

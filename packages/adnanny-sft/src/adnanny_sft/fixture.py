@@ -1,0 +1,162 @@
+"""A shared fine-tuned tiny model for tests: ``fine_tuned_fixture()`` -> an exported model directory.
+
+Later stages (rl, the flow, the checkpoint round trip, serve) need a model that answers in the tag format and
+has learned something, not a random init. This builds one from cook's sample world with the recipe
+:data:`FIXTURE_RECIPE` — a tiny DeepSeek-V3 (design.md) trained on the sample corpus in both target forms (so
+label-only and label+reasoning outputs parse), relevance-only ``query_ad`` targets, class-balanced sampling —
+and exports it like ``adnanny-sft train`` does (HF dir + ``adnanny_model.json`` with a calibrated threshold +
+``tasks/<name>.toml``).
+
+It is built once and cached by content: the key hashes the recipe, the sample corpus and tokenizer files it
+was trained on, the adnanny-sft sources and the torch/transformers versions; any change builds a new one.
+The cache is ``$ADNANNY_CACHE/fixtures/<key>`` (default ``~/.cache/adnanny/fixtures/<key>``). Two processes
+asking at once (pytest-xdist, two suites) do not both build: an exclusive ``flock`` on ``<key>.lock``
+serialises them, the build happens in a temporary sibling directory, and it is published with one atomic
+``rename`` — a reader sees a complete directory or none.
+
+Layout of ``<key>/``: ``model/`` (what this function returns), ``sample/`` (the sample world it was trained on:
+corpus with its ``eval`` split, golden sets, tokenizer — the held-out rows tests evaluate on), ``fixture.json``
+(recipe, key, build seconds, the training metrics and thresholds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FIXTURE_RECIPE", "fine_tuned_fixture", "fixture_info", "fixture_key", "fixture_root"]
+
+#: The recipe of the shared model: the sample world's size and the SFTConfig keys (see README, "Recipe").
+FIXTURE_RECIPE: dict[str, Any] = {
+    "sample": {"seed": 0, "sizes": {}},
+    "sft": {
+        "model": "tiny-deepseek-v3", "tiny_hidden_size": 64, "tiny_layers": 4,
+        "tasks": ["query_ad", "ad_user", "keyword_query"], "labels": ["label"],
+        "target_forms": ["reasoning", "label"],
+        "class_balance": "sampling", "class_balance_by": "defect",
+        "batch_size": 16, "max_steps": 400, "lr": 5e-3, "warmup_steps": 10, "lr_schedule": "cosine",
+        "min_lr_ratio": 0.3, "task_weighting": False, "instance_weighting": False, "evaluate": False,
+        "threshold_method": "max_bacc", "seed": 0,
+    },
+}
+
+
+def fixture_root() -> Path:
+    """``$ADNANNY_CACHE/fixtures`` or ``~/.cache/adnanny/fixtures``."""
+    base = os.environ.get("ADNANNY_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "adnanny") / "fixtures"
+
+
+def _sources_digest() -> str:
+    """sha256 over adnanny-sft's own source files (any code change rebuilds the fixture)."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for f in sorted(pkg.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _files_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fixture_key(recipe: dict[str, Any], sample_dir: Path) -> str:
+    """Content key: recipe + corpus + tokenizer files + sft sources + torch/transformers versions."""
+    import torch
+    import transformers
+
+    h = hashlib.sha256()
+    h.update(json.dumps(recipe, sort_keys=True).encode())
+    h.update(_files_digest(sample_dir / "corpus").encode())
+    h.update(_files_digest(sample_dir / "tokenizer").encode())
+    h.update(_sources_digest().encode())
+    h.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+    return h.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _build(work: Path, recipe: dict[str, Any], sample_src: Path, threads: int) -> dict[str, Any]:
+    from adnanny_sft.config import SFTConfig
+    from adnanny_sft.train import train
+
+    t0 = time.perf_counter()
+    shutil.copytree(sample_src, work / "sample")
+    sample = work / "sample"
+    cfg = SFTConfig(corpus=str(sample / "corpus"), tokenizer=str(sample / "tokenizer"),
+                    output_dir=str(work / "run"), progress=False, tensorboard=False, save_every=10**9,
+                    keep_checkpoints=1, threads=threads, **recipe["sft"])
+    result = train(cfg)
+    assert result.model_dir is not None
+    shutil.move(str(result.model_dir), str(work / "model"))
+    shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
+    manifest = json.loads((work / "run" / "manifest.json").read_text())
+    return {"recipe": recipe, "steps": result.steps, "build_seconds": round(time.perf_counter() - t0, 1),
+            "thresholds": manifest.get("thresholds", {}), "data": manifest.get("data", {})}
+
+
+def fine_tuned_fixture(*, root: str | os.PathLike[str] | None = None, recipe: dict[str, Any] | None = None,
+                       threads: int = 0) -> Path:
+    """The exported model directory of the shared fine-tuned tiny model (built on first use, then cached).
+
+    ``root`` overrides the cache folder; ``recipe`` another recipe (tests of the cache itself); ``threads``
+    the torch CPU threads of a build (0: torch's default).
+    """
+    import tempfile
+
+    from adnanny_cook.corpus import atomic_write_bytes
+    from adnanny_cook.sample import make_sample
+
+    recipe = json.loads(json.dumps(recipe or FIXTURE_RECIPE))
+    base = Path(root) if root is not None else fixture_root()
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base, prefix=".sample-") as tmp:
+        sample = Path(tmp) / "sample"
+        make_sample(sample, int(recipe["sample"]["seed"]), sizes=recipe["sample"].get("sizes") or None)
+        key = fixture_key(recipe, sample)
+        final = base / key
+        if (final / "fixture.json").is_file():
+            return final / "model"
+        with _locked(base / f"{key}.lock"):
+            if (final / "fixture.json").is_file():  # another process built it while we waited
+                return final / "model"
+            work = base / f".build-{key}-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                info = _build(work, recipe, sample, threads)
+                info["key"] = key
+                atomic_write_bytes(work / "fixture.json", json.dumps(info, indent=2, default=str).encode())
+                if final.exists():  # a half-published leftover without fixture.json
+                    shutil.rmtree(final)
+                os.rename(work, final)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return final / "model"
+
+
+def fixture_info(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``fixture.json`` of a fixture model directory (recipe, key, build seconds, thresholds)."""
+    return json.loads((Path(model_dir).parent / "fixture.json").read_text(encoding="utf-8"))
