@@ -372,3 +372,18 @@ def test_kill_minus_9_then_resume_gives_the_same_scores(tiny_model: Path, data_d
         (r["i"], r["pred"], r["pred_norm"]) for r in map(json.loads, next(out.glob("*/arc_challenge/items.jsonl"))
                                                        .read_text().splitlines()))
     assert stored(killed) == stored(tmp_path / "clean")  # the same choice on every item
+
+
+@needs_shared
+def test_smoke_on_the_shared_data(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real files, read in place (data dir from $ADNANNY_BENCH_DATA), through the CLI on a tiny model."""
+    monkeypatch.setenv("ADNANNY_BENCH_DATA", str(SHARED))
+    assert main(["bench", "--model", str(tiny_model), "--limit", "2", "--max-gen-tokens", "4", "--batch-size", "8",
+                 "--no-progress", "--out", str(tmp_path / "o")]) == 0
+    md = capsys.readouterr().out
+    for row in ("| arc_challenge | acc_norm", "| hellaswag | acc ", "| gsm8k | exact_match_strict"):
+        assert row in md
+    res = json.loads(next((tmp_path / "o").glob("*/results.json")).read_text())
+    assert res["tasks"]["gsm8k"]["n"] == 2 and res["tasks"]["gsm8k"]["num_fewshot"] == 5
+    assert res["tasks"]["arc_challenge"]["n"] == 2

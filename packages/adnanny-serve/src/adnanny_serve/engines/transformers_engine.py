@@ -14,12 +14,13 @@ from the attention mask's cumulative sum, so every real token keeps the position
 and greedy outputs equal the uncached ones (tested).
 
 Log-likelihood scoring (:meth:`TransformersEngine.loglikelihood`, the benchmarks' multiple choice). The
-requests are grouped by context (the choices of one item share it) and many items go into one batch of
-``batch_size`` scored continuations. Each batch takes two forward passes: the distinct contexts, left-padded,
-with only the last position's logits kept (it predicts every choice's first token), and then all choices
-at once, each row reading its item's context KV (the cache rows repeated per choice) and right-padded, so
-a context is computed once per item instead of once per choice. Only continuation positions go through the
-LM head. The sums equal a direct per-token forward of context + continuation (tested).
+requests are grouped by context (the choices of one item share it) and many items go into one forward pass
+of up to ``batch_size`` scored continuations. Each item is one row, its context followed by all its choices,
+with a block attention mask (every choice sees the whole context and its own earlier tokens, never another
+choice) and position ids that restart after the context for each choice, so the context's keys and values
+are computed once per item and shared by its choices instead of recomputed per choice, and no padding is
+spent on choices of unequal length. Logits are computed only from the shortest context's end on. The sums
+equal a direct per-token forward of context + continuation (tested).
 """
 
 from __future__ import annotations
@@ -390,56 +391,51 @@ class TransformersEngine:
 
     def _score_batch(self, batch: list[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
                      out: list[LogLikelihood | None]) -> None:
-        """Two passes: contexts (last logits + KV), then every continuation on its context's KV."""
+        """One forward pass: each item's row is its context then all its choices, each choice seeing only
+        the context and its own earlier tokens (a block mask), so the context is computed once per item."""
         import torch
 
         dev = self.device
         pad = int(self.tokenizer.pad_token_id)
-        ckw = cache_kwarg(self.model)
-        n_ctx = [len(c) for c, _ in batch]
-        width = max(n_ctx)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for g, (ctx, _) in enumerate(batch):
-            ids[g, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
-            mask[g, width - len(ctx):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        try:
-            cache = DynamicCache(config=self.model.config)
-        except TypeError:  # transformers < 4.56 builds it without a config
-            cache = DynamicCache()
+        rows, segs = [], []  # segs[g] = [(request index, continuation, start of its inputs in the row)]
+        for ctx, part in batch:
+            ids, seg = list(ctx), []
+            for i, c in part:
+                seg.append((i, c, len(ids)))
+                ids.extend(c[:-1])  # a continuation's last token is only predicted, never an input
+            rows.append(ids)
+            segs.append(seg)
+        width = max(len(r) for r in rows)
+        ids_t = torch.full((len(rows), width), pad, dtype=torch.long)
+        pos_t = torch.zeros((len(rows), width), dtype=torch.long)
+        allow = torch.zeros((len(rows), width, width), dtype=torch.bool)
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        for g, ((ctx, _), ids, seg) in enumerate(zip(batch, rows, segs)):
+            n_ctx = len(ctx)
+            ids_t[g, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            pos_t[g, :n_ctx] = torch.arange(n_ctx)
+            allow[g, :n_ctx, :n_ctx] = causal[:n_ctx, :n_ctx]
+            for _, c, s in seg:
+                e = s + len(c) - 1
+                pos_t[g, s:e] = torch.arange(n_ctx, n_ctx + e - s)
+                allow[g, s:e, :n_ctx] = True  # the whole context
+                allow[g, s:e, s:e] = causal[: e - s, : e - s]  # and its own earlier tokens
+            idx = torch.arange(len(ids), width)
+            allow[g, idx, idx] = True  # padding attends to itself only (keeps the softmax finite)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min).unsqueeze(1)
+        first = min(len(c) for c, _ in batch) - 1  # no logits are needed before the shortest context's end
         with torch.inference_mode():
-            res = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                             use_cache=True, logits_to_keep=1, **{ckw: cache})
-            first = res.logits[:, -1].float().log_softmax(-1).cpu()  # [G, V]: predicts each first token
-            row_group = [g for g, (_, part) in enumerate(batch) for _ in part]
-            conts = [c for _, part in batch for _, c in part]
-            req_idx = [i for _, part in batch for i, _ in part]
-            rest = max(len(c) for c in conts) - 1
-            later: torch.Tensor | None = None
-            if rest > 0:
-                sel = torch.tensor(row_group, dtype=torch.long, device=dev)
-                cache.reorder_cache(sel)  # one copy of the item's context KV per choice row
-                r_ids = torch.full((len(conts), rest), pad, dtype=torch.long)
-                r_mask = torch.zeros((len(conts), rest), dtype=torch.long)
-                for r, c in enumerate(conts):
-                    if len(c) > 1:
-                        r_ids[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
-                        r_mask[r, : len(c) - 1] = 1
-                full_mask = torch.cat([mask[row_group], r_mask], dim=1)
-                r_pos = torch.tensor([n_ctx[g] for g in row_group]).unsqueeze(1) + torch.arange(rest).unsqueeze(0)
-                res2 = self.model(input_ids=r_ids.to(dev), attention_mask=full_mask.to(dev),
-                                  position_ids=r_pos.to(dev), use_cache=True, **{ckw: cache})
-                later = res2.logits.float().log_softmax(-1).cpu()  # [R, rest, V]
-            for r, c in enumerate(conts):
-                lp0 = first[row_group[r]]
-                total = float(lp0[c[0]])
-                greedy = int(lp0.argmax()) == c[0]
-                if len(c) > 1 and later is not None:
-                    lp = later[r, : len(c) - 1]
-                    tgt = torch.tensor(c[1:], dtype=torch.long)
-                    total += float(lp.gather(1, tgt.unsqueeze(1)).sum())
-                    greedy = greedy and bool((lp.argmax(-1) == tgt).all())
-                out[req_idx[r]] = LogLikelihood(logprob=total, is_greedy=greedy, n_tokens=len(c))
+            res = self.model(input_ids=ids_t.to(dev), attention_mask=mask.to(dev), position_ids=pos_t.to(dev),
+                             use_cache=False, logits_to_keep=width - first)
+            logits = res.logits  # [G, width - first, V]
+            for g, ((ctx, _), seg) in enumerate(zip(batch, segs)):
+                for i, c, s in seg:
+                    # token t of the continuation is predicted at the context's last position (t = 0) or at
+                    # the position of its own token t - 1
+                    at = torch.tensor([len(ctx) - 1] + list(range(s, s + len(c) - 1))) - first
+                    lp = logits[g, at.to(logits.device)].float().log_softmax(-1).cpu()
+                    tgt = torch.tensor(c, dtype=torch.long)
+                    total = float(lp.gather(1, tgt.unsqueeze(1)).sum())
+                    greedy = bool((lp.argmax(-1) == tgt).all())
+                    out[i] = LogLikelihood(logprob=total, is_greedy=greedy, n_tokens=len(c))
