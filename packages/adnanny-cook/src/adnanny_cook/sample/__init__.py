@@ -11,7 +11,9 @@ Layout (see the package README for the columns):
     ad_user.parquet               labeled ad-user pairs (task `ad_user`)
     keywords.parquet              keyword -> compliant and non-compliant queries (with the rule / violation)
     keyword_query.parquet         compliant pairs as task `keyword_query` rows (label field `query`)
-    logs/impressions.parquet      impressions and clicks with query and ad attributes
+    logs/impressions.parquet      impressions and clicks of the users' sessions over four weeks (user_id,
+                                  session_id, timestamp, query and ad attributes, position, clicked);
+                                  `click_split(DIR)` cuts them into train / held-out
     golden/{query_ad,ad_user,keyword_query}.jsonl   golden sets with `reference_reasoning`
     corpus/corpus.parquet, card.json, README.md     ready label+reasoning corpus (corpus schema)
     tokenizer/                    byte-level BPE (tokenizer.json, tokenizer_config.json with ChatML template)
@@ -28,12 +30,15 @@ from typing import Any
 
 from adnanny_cook.corpus import atomic_write_bytes, make_row, write_corpus
 from adnanny_cook.errors import ConfigError
+from adnanny_cook.sample.clicks import SPLIT_BY, ClickSplit, click_split, queries_by_ad
 
-__all__ = ["SAMPLE_SIZES", "make_sample"]
+__all__ = ["SAMPLE_SIZES", "SPLIT_BY", "ClickSplit", "click_split", "make_sample", "queries_by_ad"]
 
-#: Default sizes: a few thousand corpus rows in well under 20 s on one core.
+#: Default sizes: a few thousand corpus rows in well under 20 s on one core. `sessions`: 6,000 sessions of 1-3
+#: searches (~31k impressions, ~5.7k clicks), so a 20% held-out cut still has several distinct clicked queries
+#: for a hundred-odd ads.
 SAMPLE_SIZES: dict[str, int] = {"ads_per_category": 14, "queries": 2600, "users": 260, "ads_per_user": 5,
-                                "sessions": 2000, "corpus_query_ad": 1500, "corpus_ad_user": 700,
+                                "sessions": 6000, "corpus_query_ad": 1500, "corpus_ad_user": 700,
                                 "corpus_keyword_query": 300, "golden_query_ad": 60, "golden_ad_user": 40,
                                 "golden_keyword_query": 40, "vocab_size": 8192}
 
@@ -81,7 +86,7 @@ def make_sample(out_dir: str | Path, seed: int = 0, *, sizes: dict[str, int] | N
     users = make_users(rng, cats, ads, sz["users"])
     au = make_ad_user(rng, cats, ads, users, sz["ads_per_user"])
     kw = keyword_queries(rng, cats, ads)
-    logs = make_impressions(rng, queries, qa, ads, sz["sessions"])
+    logs = make_impressions(rng, queries, qa, ads, users, sz["sessions"])
 
     _write_parquet([{**asdict(a), "quality_label": a.quality_label} for a in ads], out / "catalog/ads.parquet")
     atomic_write_bytes(out / "catalog/categories.json",
@@ -96,7 +101,9 @@ def make_sample(out_dir: str | Path, seed: int = 0, *, sizes: dict[str, int] | N
            "rule": r["rule"], "category": r["category"]}
           for i, r in enumerate(kw) if r["compliant"]]
     _write_parquet(kq, out / "keyword_query.parquet")
-    _write_parquet(logs, out / "logs/impressions.parquet")
+    buf = io.BytesIO()
+    logs.write_parquet(buf)
+    atomic_write_bytes(out / "logs/impressions.parquet", buf.getvalue())
 
     # ---- rationales from the rules (only for noise-free labels: a rule rationale must agree with its label)
     qmap = {q.id: q for q in queries}
@@ -192,7 +199,8 @@ def make_sample(out_dir: str | Path, seed: int = 0, *, sizes: dict[str, int] | N
         "kind": "adnanny-cook sample", "seed": seed, "sizes": sz,
         "counts": {"categories": len(cats), "ads": len(ads), "queries": len(queries), "query_ad": len(qa),
                    "users": len(users), "ad_user": len(au), "keywords": len({r['keyword_id'] for r in kw}),
-                   "keyword_queries": len(kw), "impressions": len(logs), "corpus_rows": len(rows),
+                   "keyword_queries": len(kw), "impressions": logs.height,
+                   "sessions": logs["session_id"].n_unique(), "clicks": int(logs["clicked"].sum()), "corpus_rows": len(rows),
                    "golden": {"query_ad": len(g_qa), "ad_user": len(g_au), "keyword_query": len(g_kq)}},
         "class_balance": {"query_ad.bad": rate(qa, "label", "bad"), "query_ad.fair": rate(qa, "label", "fair"),
                           "query_ad.good": rate(qa, "label", "good"),

@@ -15,13 +15,17 @@ Every labeled example carries `reasons` (the rule outcomes), from which `rationa
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+
+import polars as pl
 
 from adnanny_cook.sample.catalog import Ad, Category
 
-__all__ = ["Query", "User", "keyword_queries", "label_ad_user", "label_query_ad", "make_impressions",
+__all__ = ["IMPRESSION_COLUMNS", "LOG_DAYS", "LOG_START", "Query", "User", "keyword_queries", "label_ad_user", "label_query_ad", "make_impressions",
            "make_queries", "make_query_ad", "make_users"]
 
 _CHEAP = ("cheap", "affordable", "budget")
@@ -311,37 +315,118 @@ def keyword_queries(rng: random.Random, cats: list[Category], ads: list[Ad]) -> 
     return rows
 
 
-def make_impressions(rng: random.Random, queries: list[Query], qa_rows: list[dict[str, Any]], ads: list[Ad],
-                     n_sessions: int) -> list[dict[str, Any]]:
-    """Impression/click logs: each session shows up to 3 ads for a query; clicks follow relevance and position.
+#: Click model of the logs: P(click) at the top slot by relevance grade, decaying with position as 1/pos^0.7.
+_P_CLICK = {"good": 0.40, "fair": 0.10, "bad": 0.02}
+_RANK_SCORE = {"good": 2.0, "fair": 1.0, "bad": 0.0}
+#: The logs cover four weeks from this (naive UTC) instant.
+LOG_START = datetime(2026, 1, 5)
+LOG_DAYS = 28
+#: Advertiser weight: log-normal spread and its weight in the ad server's ranking (head ads win most auctions,
+#: so they collect clicks from many distinct queries).
+_WEIGHT_SIGMA = 1.0
+_WEIGHT_IN_RANK = 0.7
+_ACTIVITY_ALPHA = 3.0
+#: Columns of `logs/impressions.parquet`, in order.
+IMPRESSION_COLUMNS = ("impression_id", "session_id", "user_id", "timestamp", "query_id", "query", "query_brand",
+                      "query_price", "query_location", "query_intent", "query_category", "ad_id", "ad_brand",
+                      "ad_tier", "ad_price", "ad_city", "ad_category", "position", "relevance", "clicked")
 
-    Query attributes (brand, price, location, intent) are logged for click-attribute metrics (§5.3).
+
+def make_impressions(rng: random.Random, queries: list[Query], qa_rows: list[dict[str, Any]], ads: list[Ad],
+                     users: list[User], n_sessions: int, *, slots: int = 3) -> pl.DataFrame:
+    """Impression/click logs of `n_sessions` sessions by the world's `users` over four weeks.
+
+    Why this shape: retrieval rewards (adnanny-rl) need a *held-out* set of clicked queries with several distinct
+    queries per ad, and a CTR model needs positions and non-clicks. So each session belongs to a user (`user_id`;
+    active users have more sessions) and holds 1-3 searches at a `timestamp`; a search's query follows the user's
+    interests (mostly the main product, else the main or second category, sometimes anything). An ad server ranks
+    the ads of the query's product and category (plus the query's judged ad and one exploration ad) by relevance
+    grade, advertiser weight and noise, and shows the top `slots`; clicks follow relevance and position (a
+    location conflict or a creative defect lowers them). Query attributes (brand, price, location, intent) are
+    logged for click-attribute metrics (§5.3). Rows come in time order; `session_id` numbers sessions in time.
     """
-    qmap = {q.id: q for q in queries}
-    amap = {a.id: a for a in ads}
-    by_q: dict[str, list[dict[str, Any]]] = {}
+    by_q: dict[str, list[str]] = {}
     for r in qa_rows:
-        by_q.setdefault(r["query_id"], []).append(r)
-    qids = sorted(by_q)
-    p_click = {"good": 0.30, "fair": 0.10, "bad": 0.02}
-    rows = []
-    for s in range(n_sessions):
-        qid = rng.choice(qids)
-        q = qmap[qid]
-        cands = list(by_q[qid])
-        extra = rng.sample(ads, 2)
-        shown = [(r["ad_id"], r["label"], r["location_label"]) for r in cands]
-        for a in extra:
-            lab, _ = label_query_ad(q, a)
-            shown.append((a.id, lab["label"], lab["location_label"]))
-        rng.shuffle(shown)
-        for pos, (aid, lab, loc) in enumerate(shown[:3], 1):
-            a = amap[aid]
-            p = p_click[lab] / pos ** 0.7 * (0.3 if loc == "bad" else 1.0) * (0.6 if a.defects else 1.0)
-            rows.append({"impression_id": f"s{s:05d}-{pos}", "session_id": f"s{s:05d}", "query_id": qid,
-                         "query": q.text, "query_brand": q.brand, "query_price": q.price,
-                         "query_location": q.city or ("near me" if q.near_me else None), "query_intent": q.intent,
-                         "query_category": q.category, "ad_id": aid, "ad_brand": a.brand, "ad_tier": a.tier,
-                         "ad_price": a.price, "ad_city": a.city, "ad_category": a.category, "position": pos,
-                         "relevance": lab, "clicked": rng.random() < p})
-    return rows
+        by_q.setdefault(r["query_id"], []).append(r["ad_id"])
+    by_prod: dict[tuple[str, str], list[Ad]] = {}
+    by_cat: dict[str, list[Ad]] = {}
+    for a in ads:
+        by_prod.setdefault((a.category, a.product), []).append(a)
+        by_cat.setdefault(a.category, []).append(a)
+    amap = {a.id: a for a in ads}
+    q_prod: dict[tuple[str, str], list[Query]] = {}
+    q_cat: dict[str, list[Query]] = {}
+    for q in queries:
+        q_prod.setdefault((q.category, q.product), []).append(q)
+        q_cat.setdefault(q.category, []).append(q)
+    log_w = {a.id: rng.gauss(0.0, _WEIGHT_SIGMA) for a in ads}         # log advertiser bid x budget, per ad
+    activity = [rng.paretovariate(_ACTIVITY_ALPHA) for _ in users]       # some heavy users, many light ones
+
+    cands: dict[str, list[tuple[Ad, str, str]]] = {}                     # query id -> (ad, relevance, location)
+
+    def candidates(q: Query) -> list[tuple[Ad, str, str]]:
+        if q.id not in cands:
+            pool = {a.id: a for a in by_prod[(q.category, q.product)]}
+            pool.update((a.id, a) for a in rng.sample(by_cat[q.category], min(2, len(by_cat[q.category]))))
+            pool.update((aid, amap[aid]) for aid in by_q.get(q.id, ()))
+            out = []
+            for a in pool.values():
+                lab, _ = label_query_ad(q, a)
+                out.append((a, lab["label"], lab["location_label"]))
+            cands[q.id] = out
+        return cands[q.id]
+
+    starts = sorted(rng.random() * LOG_DAYS * 86400 for _ in range(n_sessions))
+    session_users = rng.choices(users, weights=activity, k=n_sessions)
+    width = max(5, len(str(n_sessions)))
+    cols: dict[str, list[Any]] = {k: [] for k in ("impression_id", "session_id", "user_id", "timestamp",
+                                                  "query_id", "ad_id", "position", "relevance", "clicked")}
+    for s, (t0, u) in enumerate(zip(starts, session_users, strict=True)):
+        sid = f"s{s:0{width}d}"
+        t = t0
+        for k in range(rng.choices((1, 2, 3), weights=(0.5, 0.3, 0.2))[0]):
+            r = rng.random()
+            if r < 0.5:
+                pool_q = q_prod.get((u.main_category, u.main_product)) or q_cat.get(u.main_category)
+            elif r < 0.7:
+                pool_q = q_cat.get(u.main_category)
+            elif r < 0.85:
+                pool_q = q_cat.get(u.second_category)
+            else:
+                pool_q = None
+            q = rng.choice(pool_q or queries)
+            shown = list(candidates(q))
+            explore = rng.choice(ads)
+            if all(a.id != explore.id for a, _, _ in shown):
+                lab, _ = label_query_ad(q, explore)
+                shown.append((explore, lab["label"], lab["location_label"]))
+            ranked = sorted(shown, key=lambda x: -(_RANK_SCORE[x[1]] - (1.0 if x[2] == "bad" else 0.0)
+                                                   + _WEIGHT_IN_RANK * log_w[x[0].id] + rng.gauss(0.0, 0.8)))
+            ts = LOG_START + timedelta(seconds=int(t))
+            for pos, (a, lab, loc) in enumerate(ranked[:slots], 1):
+                p = _P_CLICK[lab] / pos ** 0.7 * (0.3 if loc == "bad" else 1.0) * (0.6 if a.defects else 1.0)
+                cols["impression_id"].append(f"{sid}-{k}-{pos}")
+                cols["session_id"].append(sid)
+                cols["user_id"].append(u.id)
+                cols["timestamp"].append(ts)
+                cols["query_id"].append(q.id)
+                cols["ad_id"].append(a.id)
+                cols["position"].append(pos)
+                cols["relevance"].append(lab)
+                cols["clicked"].append(rng.random() < p)
+            t += rng.uniform(20, 240)
+    # query and ad attributes by join (one Python object per impression would cost ~1 s per 30k rows)
+    qdf = pl.DataFrame({"query_id": [q.id for q in queries], "query": [q.text for q in queries],
+                        "query_brand": [q.brand for q in queries], "query_price": [q.price for q in queries],
+                        "query_location": [q.city or ("near me" if q.near_me else None) for q in queries],
+                        "query_intent": [q.intent for q in queries], "query_category": [q.category for q in queries]},
+                       schema_overrides={"query_brand": pl.String, "query_price": pl.String,
+                                         "query_location": pl.String})
+    adf = pl.DataFrame({"ad_id": [a.id for a in ads], "ad_brand": [a.brand for a in ads],
+                        "ad_tier": [a.tier for a in ads], "ad_price": [float(a.price) for a in ads],
+                        "ad_city": [a.city for a in ads], "ad_category": [a.category for a in ads]},
+                       schema_overrides={"ad_city": pl.String})
+    imp = pl.DataFrame(cols, schema_overrides={"position": pl.Int64, "timestamp": pl.Datetime("us")})
+    return (imp.join(qdf, on="query_id", how="left", maintain_order="left")
+            .join(adf, on="ad_id", how="left", maintain_order="left")
+            .select(IMPRESSION_COLUMNS))
