@@ -9,6 +9,10 @@ Numerics (must equal the HF backend's, see ``adnanny_sft.backend``):
   slice. Megatron's schedule divides each micro-batch loss by the number of micro-batches and its DDP
   averages over DP, so the micro-batch objective handed to the schedule is
   ``dp · n_micro · Σ_{b∈mb} w_b ℓ_b`` — the two factors cancel those divisions exactly;
+* with an MTP module (DeepSeek's multi-token prediction, built by the provider) and
+  ``TrainSettings.mtp_loss_weight`` λ > 0 the objective gains ``λ/K Σ_k Σ_b w_b ℓ^mtp_{k,b}``: depth k predicts
+  token t+1+k at position t, with the loss mask shifted the same way (eq. 1's sum, sample-weighted like the main
+  loss; megatron's own token-mean MTP loss is built with weight 0). Returned per-sample values stay the main ℓ_b;
 * gradients are reduced across DP (and the embedding/expert groups) once, in :meth:`optimizer_step`
   (``finalize_model_grads``), so several ``forward_backward`` calls accumulate like the HF backend;
 * per-sample values are gathered over DP and broadcast from the last stage: every rank returns the
@@ -46,8 +50,13 @@ class TrainSettings:
     total_steps: int = 1
     lr_schedule: str = "constant"  # constant | cosine | linear
     min_lr_ratio: float = 0.1
+    #: weight λ of DeepSeek's MTP loss in the objective Σ_b w_b (ℓ_b + λ/K Σ_k ℓ^mtp_{k,b}) (models built with MTP;
+    #: 0 = the MTP module is carried through load/save but receives no gradient)
+    mtp_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.mtp_loss_weight < 0:
+            raise AdNannyMegatronError(f"`mtp_loss_weight` must be >= 0, got {self.mtp_loss_weight!r}")
         if self.micro_batch_size < 1:
             raise AdNannyMegatronError(f"`micro_batch_size` must be >= 1, got {self.micro_batch_size!r}")
         if self.lr_schedule not in ("constant", "cosine", "linear"):
@@ -149,6 +158,10 @@ class MegatronBackend:
         self._apply_lr()
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_rank = ps.get_data_parallel_rank()
+        self._mtp_hidden: dict[str, Any] = {}
+        gpt = self.model[0].module
+        if getattr(gpt, "mtp_process", False) and ps.is_pipeline_last_stage():
+            gpt.mtp.register_forward_hook(lambda _m, _i, out: self._mtp_hidden.__setitem__("h", out))
         self.zero_grad()
 
     # ------------------------------------------------------------------------------------ helpers
@@ -216,6 +229,7 @@ class MegatronBackend:
             out = model(mb["ids"], mb["pos"], mb["attn"], labels=mb["labels"])  # [mbs, T] per-token CE
 
             def loss_func(per_token: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                mtp_hidden = self._mtp_hidden.pop("h", None)  # never kept past its micro-batch
                 per_token = per_token.float()
                 if kind != "sft":
                     # logp aligned like loss_mask: position t holds log p(token t | < t) = -CE at t-1
@@ -232,7 +246,10 @@ class MegatronBackend:
                     value = torch.where(mb["mask"].sum(dim=1) > 0, value, torch.full_like(value, float("nan")))
                 else:
                     value = summed
-                loss = (summed * mb["w"]).sum() * scale
+                objective = summed
+                if not forward_only and self.settings.mtp_loss_weight > 0 and mtp_hidden is not None:
+                    objective = summed + self.settings.mtp_loss_weight * self._mtp_losses(model, mb, mtp_hidden)
+                loss = (objective * mb["w"]).sum() * scale
                 return loss, {"per_sample": value.detach()}
 
             return out, loss_func
@@ -257,6 +274,25 @@ class MegatronBackend:
             local_vals = torch.zeros(shape, dtype=torch.float32, device=dev)
         total = {"sft": batch.size, "logprobs": batch.size * t, "custom": n_micro * self.dp_size}[kind]
         return self._gather(local_vals, total)
+
+    def _mtp_losses(self, model: Any, mb: dict[str, Any], hs: torch.Tensor) -> torch.Tensor:
+        """Per-sample MTP loss ``1/K Σ_k Σ_t mask[t+1+k] · CE(head(h^k_t), token t+1+k)`` [mbs], with gradient."""
+        import torch
+
+        gpt = getattr(model, "module", model)
+        # hs: [(1+K)·s, b, h] — the main hidden, then one block per MTP depth
+        k = int(gpt.config.mtp_num_layers)
+        parts = torch.chunk(hs, 1 + k, dim=0)
+        weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
+        labels, mask = mb["labels"], mb["mask"]
+        total = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+        for depth in range(k):
+            labels = torch.cat([labels[:, 1:], torch.zeros_like(labels[:, :1])], dim=1)  # token t+2+depth
+            mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+            logits, _ = gpt.output_layer(parts[depth + 1], weight=weight)
+            ce = gpt.compute_language_model_loss(labels, logits).float()  # [b, s]
+            total = total + (ce * mask).sum(dim=1)
+        return total / k
 
     def _gather(self, local_vals: torch.Tensor, total: int) -> torch.Tensor:
         import torch
@@ -323,7 +359,9 @@ class MegatronBackend:
     def _sharded_state_dict(self, *, is_loading: bool) -> dict[str, Any]:
         # The unwrapped module's keys ("decoder.…", "embedding.…") — the same names adnanny-ckpt writes and
         # reads, so a training checkpoint converts back to HF and an HF conversion loads here.
-        model_sd = self.model[0].module.sharded_state_dict()
+        from adnanny_megatron.checkpoint import module_sharded_state_dict
+
+        model_sd = module_sharded_state_dict(self.model[0].module)
         # The distributed optimizer's default format uses flattened ranges, which torch_dist refuses;
         # "dp_reshardable" stores each DP rank's buffer shard (reloadable with the same DP size).
         metadata = (

@@ -17,7 +17,7 @@ from typing import Any
 
 from adnanny_megatron.errors import AdNannyMegatronError
 
-__all__ = ["atomic_dist_dir", "load_model_weights", "save_model_weights"]
+__all__ = ["atomic_dist_dir", "load_model_weights", "module_sharded_state_dict", "save_model_weights"]
 
 
 def _rank() -> int:
@@ -63,6 +63,18 @@ def atomic_dist_dir(directory: str | Path) -> Iterator[Path]:
     _barrier()
 
 
+def module_sharded_state_dict(module: Any) -> dict[str, Any]:
+    """``module.sharded_state_dict()`` with the metadata megatron-core 0.16.1 forgets to default.
+
+    ``GPTModel.sharded_state_dict`` reads ``metadata['dp_cp_group']`` for the embedding copy an MTP stage keeps
+    when it is not the first pipeline stage, but only its parent fills that key in its own copy; called with the
+    default ``metadata=None`` it raises ``TypeError``. Passing megatron's own default dict avoids that.
+    """
+    from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
+
+    return module.sharded_state_dict(metadata=ensure_metadata_has_dp_cp_group(None))
+
+
 def save_model_weights(module: Any, directory: str | Path) -> None:
     """Save a (non-DDP) megatron module's weights as a torch_dist checkpoint, atomically."""
     from megatron.core import dist_checkpointing
@@ -70,7 +82,7 @@ def save_model_weights(module: Any, directory: str | Path) -> None:
     with atomic_dist_dir(directory) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dist_checkpointing.save(module.sharded_state_dict(), str(tmp))
+            dist_checkpointing.save(module_sharded_state_dict(module), str(tmp))
 
 
 def load_model_weights(module: Any, directory: str | Path) -> None:
@@ -84,7 +96,7 @@ def load_model_weights(module: Any, directory: str | Path) -> None:
     if not (path / "metadata.json").is_file():
         raise AdNannyMegatronError(f"`{path}` is not a megatron dist_checkpointing directory (no metadata.json)")
     # TE/fp8 ``_extra_state`` entries carry no weights; HF-converted checkpoints do not have them.
-    sd = {k: v for k, v in module.sharded_state_dict().items() if not k.endswith("_extra_state")}
+    sd = {k: v for k, v in module_sharded_state_dict(module).items() if not k.endswith("_extra_state")}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -108,7 +108,7 @@ def check_layout(hf_config: dict[str, Any], layout: Any, *, mtp_layers: int = 0,
             f"{arch.num_mtp_layers}")
     rows = megatron_layout(layout, mtp_layers=mtp_layers)
     spec = transformer_config_from_hf(hf_config, bf16=False, tp=layout.tp, pp=layout.pp, ep=layout.ep,
-                                      use_te=False, pipeline_layout=rows, mtp_num_layers=mtp_layers or None)
+                                      use_te=False, pipeline_layout=rows, mtp=bool(mtp_layers))
     compat.import_megatron()
     from megatron.core.transformer.enums import LayerType
 

@@ -190,7 +190,7 @@ def megatron_forward(hf_dir: str | Path, ckpt_dir: str | Path, ids: Any, sizes: 
     # no sequence parallelism: the hooks need whole sequences on every TP rank (forward only, so allowed)
     rule = provider.checkpoint_vocab_rule(ckpt_dir)
     spec = provider.transformer_config_from_hf(hf_dir, bf16=False, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep,
-                                               sequence_parallel=False,
+                                               sequence_parallel=False, mtp=False,  # forward without labels
                                                **({} if rule is None else {"make_vocab_size_divisible_by": rule}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

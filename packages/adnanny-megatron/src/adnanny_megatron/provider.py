@@ -197,7 +197,7 @@ def transformer_config_from_hf(
     token_dispatcher: str | None = None,
     make_vocab_size_divisible_by: int = VOCAB_DIVISIBLE_BY,
     pipeline_layout: list[list[str]] | None = None,
-    mtp_num_layers: int | None = None,
+    mtp: bool | None = None,
     core_attention: str = "auto",
     moe_grouped_gemm: bool | None = None,
 ) -> BuildSpec:
@@ -218,6 +218,12 @@ def transformer_config_from_hf(
     ``scaled_dot_product_attention`` (no T×T scores), ``"local"`` megatron's reference attention; ``"auto"``
     = sdpa on CUDA, local on CPU. ``moe_grouped_gemm`` runs each rank's experts as one grouped GEMM
     (megatron's GroupedMLP with torch's grouped matmul, bf16 only); ``None`` = on for bf16 on CUDA.
+
+    ``mtp``: build DeepSeek's multi-token-prediction module (``num_nextn_predict_layers`` layers on the last
+    stage: enorm/hnorm, ``eh_proj`` over [embedding; hidden], one transformer layer, its final norm, the shared
+    head). ``None`` = when config.json has ``num_nextn_predict_layers`` > 0. Its weights then load from and save
+    to the checkpoint's ``mtp.*`` tensors (adnanny-ckpt copies them); the backend trains it only with a positive
+    ``TrainSettings.mtp_loss_weight``. Forward passes without labels (parity) need ``mtp=False``.
 
     ``pipeline_layout`` (megatron-core's ``pipeline_model_parallel_layout``: per stage ``"embedding"``,
     ``"decoder"``…, ``"mtp"``, ``"loss"``) places any number of layers on each stage — build it from an
@@ -297,9 +303,15 @@ def transformer_config_from_hf(
         if len(pipeline_layout) != pp:
             raise AdNannyMegatronError(f"`pipeline_layout` has {len(pipeline_layout)} stages but `pp`={pp}")
         common["pipeline_model_parallel_layout"] = [list(st) for st in pipeline_layout]
-    if mtp_num_layers:
-        # megatron validates where the MTP layers sit; building them is not implemented yet (build_model refuses)
-        common["mtp_num_layers"] = int(mtp_num_layers)
+    if mtp is None:
+        mtp = arch.num_mtp_layers > 0
+    if mtp:
+        if arch.num_mtp_layers < 1:
+            raise AdNannyMegatronError("`mtp`=True but config.json has no `num_nextn_predict_layers`")
+        common["mtp_num_layers"] = arch.num_mtp_layers
+        # the backend computes the MTP loss itself (sample-weighted, TrainSettings.mtp_loss_weight); megatron's
+        # own token-mean MTP loss is kept at zero weight so it adds no gradient
+        common["mtp_loss_scaling_factor"] = 0.0
     if family == "llama":
         heads = common["num_attention_heads"]
         head_dim = int(cfg.get("head_dim") or common["hidden_size"] // heads)
@@ -446,18 +458,24 @@ def build_model(spec: BuildSpec, *, pre_process: bool | None = None, post_proces
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    if getattr(spec.config, "mtp_num_layers", None):
-        raise AdNannyMegatronError(
-            "the MTP module is not built by this provider yet: build without `mtp_num_layers` (the MTP weights "
-            "stay in the converted checkpoint and are not trained)"
-        )
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage()
     if post_process is None:
         post_process = ps.is_pipeline_last_stage()
+    pp_rank = ps.get_pipeline_model_parallel_rank()
+    block = layer_spec(spec, pp_rank=pp_rank)
+    mtp_spec = None
+    if getattr(spec.config, "mtp_num_layers", None):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
+
+        # the MTP transformer layer is built like the model's last decoder layer (MoE for DeepSeek-V3): take the
+        # last stage's block spec (with our core attention) so every stage agrees
+        last = layer_spec(spec, pp_rank=ps.get_pipeline_model_parallel_world_size() - 1)
+        mtp_spec = get_gpt_mtp_block_spec(spec.config, last, use_transformer_engine=spec.use_te, pp_rank=pp_rank)
     model = GPTModel(
         config=spec.config,
-        transformer_layer_spec=layer_spec(spec, pp_rank=ps.get_pipeline_model_parallel_rank()),
+        transformer_layer_spec=block,
+        mtp_block_spec=mtp_spec,
         vocab_size=spec.padded_vocab_size,
         max_sequence_length=spec.max_sequence_length,
         pre_process=pre_process,

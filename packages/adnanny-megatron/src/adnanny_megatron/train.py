@@ -56,6 +56,8 @@ class TrainConfig:
     log_json: str | None = None  #: rank 0 appends one JSON line per step
     timeout_minutes: float = 30.0  #: process-group timeout (parallel.DEFAULT_TIMEOUT_MINUTES)
     vocab_divisible_by: int | None = None  #: vocab padding unit; None = what `init`'s conversion used, else 128
+    mtp: bool | None = None  #: build the MTP module; None = when config.json has num_nextn_predict_layers
+    mtp_loss_weight: float = 0.0  #: weight of the MTP loss (0 = MTP loaded/saved but not trained)
 
     def __post_init__(self) -> None:
         errors = []
@@ -69,6 +71,8 @@ class TrainConfig:
                 f"`data` {self.data!r} unsupported: the train script uses 'synthetic'; train on a corpus "
                 "with adnanny-sft using the Megatron backend"
             )
+        if self.mtp_loss_weight < 0:
+            errors.append(f"`mtp_loss_weight` must be >= 0, got {self.mtp_loss_weight!r}")
         if not self.timeout_minutes > 0:
             errors.append(f"`timeout_minutes` must be > 0, got {self.timeout_minutes!r}")
         if self.stage_layers is not None and self.first_stage_layers is not None:
@@ -150,7 +154,8 @@ def stage_layout(cfg: TrainConfig, hf_cfg: dict[str, Any], sizes: Any) -> list[l
     if lay.pp != sizes.pp:
         raise AdNannyMegatronError(f"`stage_layers` {cfg.stage_layers!r} has {lay.pp} stages but `layout` "
                                    f"{cfg.layout!r} has pp={sizes.pp}")
-    return megatron_layout(lay)
+    mtp_layers = arch.num_mtp_layers if (cfg.mtp if cfg.mtp is not None else arch.num_mtp_layers > 0) else 0
+    return megatron_layout(lay, mtp_layers=mtp_layers)
 
 
 def _latest(save_dir: Path) -> Path | None:
@@ -187,7 +192,7 @@ def main(cfg: TrainConfig) -> list[dict[str, Any]]:
     rule = cfg.vocab_divisible_by or (provider.checkpoint_vocab_rule(cfg.init) if cfg.init else None)
     pipeline_layout = stage_layout(cfg, hf_cfg, sizes) if cfg.stage_layers else None
     spec = provider.transformer_config_from_hf(
-        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep, pipeline_layout=pipeline_layout,
+        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep, pipeline_layout=pipeline_layout, mtp=cfg.mtp,
         num_layers_in_first_pipeline_stage=cfg.first_stage_layers if sizes.pp > 1 else None,
         **({} if rule is None else {"make_vocab_size_divisible_by": rule}),
     )
@@ -196,7 +201,7 @@ def main(cfg: TrainConfig) -> list[dict[str, Any]]:
         OptimSettings(lr=cfg.lr, clip_grad=cfg.clip_grad, moe_optimizer=cfg.moe_optimizer,
                       use_distributed_optimizer=cfg.use_distributed_optimizer),
         TrainSettings(micro_batch_size=cfg.micro_batch_size, warmup_steps=cfg.warmup_steps,
-                      total_steps=cfg.steps, lr_schedule=cfg.lr_schedule),
+                      total_steps=cfg.steps, lr_schedule=cfg.lr_schedule, mtp_loss_weight=cfg.mtp_loss_weight),
     )
     if cfg.init:
         backend.load_model_weights(cfg.init)
