@@ -316,6 +316,13 @@ def test_threshold_from_model_manifest_changes_the_label(scripted, tmp_path) -> 
     th = _manifest(out)["threshold"]
     assert th["value"] == 0.7 and th["source"].endswith("adnanny_model.json") and th["method"] == "max_bacc"
     assert stats.threshold == 0.7
+    # the same resolution, standalone (adnanny-sft's export test calls it on a config without input/out)
+    from adnanny_serve.label import resolve_threshold
+
+    info = resolve_threshold(LabelConfig(model=str(model), task="query_ad"), REL, model)
+    assert info["value"] == 0.7 and info["field"] == "label" and info["defect"] == ["bad"]
+    with pytest.raises(ConfigError, match=r"`input` is required; `out` is required"):
+        label_file(LabelConfig(model=str(model), task="query_ad"), engine=eng)
     greedy = tmp_path / "g.parquet"
     label_file(_cfg(model, inp, greedy, labels="label", no_threshold=True), engine=eng)
     assert pl.read_parquet(greedy)["label"].to_list() == ["fair", "good", "bad"]

@@ -113,9 +113,8 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         errs = []
-        for key in ("model", "input", "out"):
-            if not getattr(self, key):
-                errs.append(f"`{key}` is required")
+        if not self.model:
+            errs.append("`model` is required")
         if self.mode not in MODES:
             errs.append(f"`mode` must be one of {list(MODES)}; got {self.mode!r}")
         if self.executor not in ("local", "ray"):
@@ -149,6 +148,12 @@ class LabelConfig:
             raise ConfigError("invalid label config: " + "; ".join(errs) + ".")
         self.columns = _parse_columns(self.columns)
         self.labels = _parse_labels(self.labels)
+
+    def check_runnable(self) -> None:
+        """`input` and `out` are needed to run (a config built only to resolve a task/threshold may omit them)."""
+        missing = [f"`{k}` is required" for k in ("input", "out") if not getattr(self, k)]
+        if missing:
+            raise ConfigError("invalid label config: " + "; ".join(missing) + ".")
 
     def max_tokens_for(self, task: Any) -> int:
         if self.max_tokens is not None:
@@ -557,6 +562,7 @@ def plan(cfg: LabelConfig) -> LabelJob:
     from adnanny_serve.__about__ import __version__
     from adnanny_serve.prompting import read_few_shot
 
+    cfg.check_runnable()
     try:
         model_dir = resolve_model(cfg.model)
     except Exception as e:

@@ -158,7 +158,7 @@ class FewShot:
                 continue
             key = str(labels[sfield]) if sfield is not None else "*"
             ex = {"id": None if _blank(r.get("id")) else str(r["id"]),
-                  "inputs": {f: r.get(f) for f in task.input_fields},
+                  "inputs": {f: (None if _blank(r.get(f)) else r.get(f)) for f in task.input_fields},
                   "labels": labels, "reasoning": None if _blank(reasoning) else str(reasoning), "stratum": key}
             c = seen.get(key, 0)
             seen[key] = c + 1
