@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import adnanny_ckpt
+import pytest
 from adnanny_ckpt import models
 from adnanny_ckpt.errors import AdNannyCkptError
 from adnanny_ckpt.models import UnknownModelError, builtin_model_names, resolve_model
@@ -21,7 +20,7 @@ def test_builtin_names_route_to_the_smollm2_cache(monkeypatch, tmp_path):
         calls.append(cache_dir)
         return fake
 
-    import adnanny_ckpt.gguf as gguf
+    from adnanny_ckpt import gguf
 
     monkeypatch.setattr(gguf, "smollm2_hf_dir", fake_dir)
     monkeypatch.chdir(tmp_path)  # no folder named like a built-in here

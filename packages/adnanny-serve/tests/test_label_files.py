@@ -27,8 +27,8 @@ REL = QA.select_labels(("label",))
 
 
 def _cfg(model: Path, inp: Path, out: Path, **kw) -> LabelConfig:
-    base = dict(model=str(model), task="query_ad", input=str(inp), out=str(out), chunk_size=4, progress=False,
-                max_tokens=8)
+    base = {"model": str(model), "task": "query_ad", "input": str(inp), "out": str(out), "chunk_size": 4,
+            "progress": False, "max_tokens": 8}
     base.update(kw)
     return LabelConfig(**base)
 
@@ -68,7 +68,7 @@ def test_csv_and_jsonl_with_other_column_names_equal_the_parquet_run(tiny_fp8, t
 
 def test_chunks_are_streamed_not_read_whole(tiny_fp8, tiny_engine, query_ad_rows, tmp_path, monkeypatch) -> None:
     """The reader is asked for chunks of `chunk_size` rows and the labeler never holds more than one chunk."""
-    import adnanny_cook.inputs as inputs
+    from adnanny_cook import inputs
 
     inp = tmp_path / "in.csv"
     query_ad_rows.head(10).select("id", *QA.input_fields).write_csv(inp)
@@ -112,7 +112,7 @@ def test_kill_9_mid_run_resumes_without_loss_or_duplicates(tiny_fp8, query_ad_ro
     assert killed, "the run finished before it could be killed; the test needs more rows"
     done_before = len(list(parts.glob("chunk-*.parquet")))
     assert not out.exists() and 3 <= done_before < 16
-    r = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     stats = json.loads(r.stdout)
     assert stats["rows"] == 16 and stats["chunks_skipped"] == done_before
@@ -267,7 +267,7 @@ def test_few_shot_prompts_through_label_file(scripted, tmp_path) -> None:
     assert man["task_source"].endswith("tasks/query_ad.toml") and man["label_fields"] == ["label"]
     ids = man["few_shot"]["ids"]
     for rid, prompt in zip(["good0", "good1", "good2"], eng.prompts):
-        answers = re.findall(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", prompt, re.S)
+        answers = re.findall(r"<\|im_start\|>assistant\n(.*?)<\|im_end\|>", prompt, re.DOTALL)
         assert sorted(answers) == sorted(f"<Label>{v.capitalize()}</Label>" for v, n in per.items() for _ in range(n))
         if rid in ids:  # its own row is not among its examples
             assert f"Query: q good {rid[4:]}\n" not in prompt.split("<|im_start|>user")[-2]
@@ -347,7 +347,7 @@ def test_threshold_of_another_task_definition_is_not_applied(scripted, tmp_path,
 # ----------------------------------------------------------------------------------------- --model smollm2
 def test_model_smollm2_resolves_through_ckpt(tiny_fp8, query_ad_rows, tmp_path, monkeypatch, capsys) -> None:
     """Resolution only: the built-in name is routed to a (patched) cache dir; SmolLM2 itself is not loaded."""
-    import adnanny_ckpt.gguf as gguf
+    from adnanny_ckpt import gguf
 
     monkeypatch.setattr(gguf, "smollm2_hf_dir", lambda cache_dir=None: tiny_fp8)
     monkeypatch.chdir(tmp_path)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -161,10 +162,6 @@ class LabelConfig:
         if self.mode == "reasoning":
             return 512
         return 32 if task.kind == "label" else 128
-
-    @property
-    def resolved_max_tokens(self) -> int:  # kept for callers that only label closed-set tasks
-        return self.max_tokens if self.max_tokens is not None else (32 if self.mode == "label" else 512)
 
 
 @dataclass
@@ -303,7 +300,7 @@ def predictions_schema(task: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- inputs
 def _blank(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
 
 
 def iter_input_rows(path: Path, task: Any, columns: Mapping[str, str] | None, chunk_rows: int

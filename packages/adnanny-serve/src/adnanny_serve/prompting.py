@@ -21,6 +21,7 @@ of N, leaving the other half to the row. A row that cannot fit even with every i
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def map_label(task: Any, field_name: str, value: Any) -> Any:
 
 
 def _blank(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
 
 
 # ------------------------------------------------------------------------------------------ truncation
@@ -126,7 +127,7 @@ class FewShot:
 
     @classmethod
     def from_rows(cls, task: Any, rows: Iterator[dict[str, Any]], *, k: int, seed: int = 0, source: str = "",
-                  need_reasoning: bool = False) -> "FewShot":
+                  need_reasoning: bool = False) -> FewShot:
         """Stream ``rows`` (already renamed to task fields) and draw the balanced sample."""
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"`few_shot` must be an integer >= 1; got {k!r}.")
