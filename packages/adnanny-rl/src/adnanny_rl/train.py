@@ -102,14 +102,26 @@ def _world_of(data: Path) -> Path:
     raise RLConfigError(f"cannot find the sample world of `{data}`; set `world` in the task's table")
 
 
-def build_tasks(cfg: RLConfig, out_dir: Path) -> list[TaskRuntime]:
-    from adnanny_cook.tasks import load_task
+def _task_spec(ref: str, data: Path, model_dir: Path | None) -> Any:
+    """The task definition a prompt must be rendered with: a TOML file when `ref` is a path; else the exact
+    (selected) definition stored with the data (a corpus folder's `tasks/`) or with the policy (sft's export),
+    so a relevance-only model is prompted for `<Label>` alone; else the registered task."""
+    from adnanny_cook.tasks import load_task, load_task_from_dir
 
+    if ref.endswith(".toml") or "/" in ref:
+        return load_task(ref)
+    for folder in (data if data.is_dir() else data.parent, model_dir):
+        if folder is not None and (folder / "tasks" / f"{ref}.toml").is_file():
+            return load_task_from_dir(folder, ref)
+    return load_task(ref)
+
+
+def build_tasks(cfg: RLConfig, out_dir: Path, model_dir: Path | None = None) -> list[TaskRuntime]:
     from adnanny_rl.data import load_prompt_rows
 
     tasks = []
     for t in cfg.tasks:
-        spec = load_task(t.task)
+        spec = _task_spec(t.task, Path(t.data), model_dir)
         train, held = load_prompt_rows(t.data, spec)
         reward, train, held = _reward_for(t, spec, train, held, out_dir)
         tasks.append(TaskRuntime(cfg=t, spec=spec, train=train, held=held, reward=reward))
@@ -237,7 +249,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     engine = TransformersEngine(backend.model, tokenizer, batch_size=min(n_rollout, 32))
     reference = build_hf_backend(str(ref_dir), seed=cfg.seed, lr=1e-9) if cfg.beta > 0 else None
     ref_hash = _param_hash(reference.model) if reference is not None else None
-    tasks = build_tasks(cfg, out)
+    tasks = build_tasks(cfg, out, policy_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     rng = random.Random(cfg.seed)
