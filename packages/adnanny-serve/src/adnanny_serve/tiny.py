@@ -4,7 +4,7 @@
 ``tiny_deepseek_v3_config`` at ``hidden_size``) written as a real HF checkpoint next to adnanny-cook's sample
 byte-level BPE tokenizer (ChatML template, task tags as single tokens). Random weights do not follow the
 tag format — labeling with it exercises the pipeline and the parse-error path; SmolLM2-135M-Instruct
-(``adnanny_ckpt.gguf.smollm2_hf_dir``) is the model that answers in tags (given the worked example).
+(``adnanny_ckpt.gguf.smollm2_hf_dir``) is the model that answers in tags (given worked examples: ``--few-shot``).
 """
 
 from __future__ import annotations
