@@ -19,7 +19,6 @@ run skips finished chunk files and recomputes an interrupted chunk from the resp
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import time
@@ -163,7 +162,7 @@ def _run_cook(cfg: CookConfig) -> CookResult:
                       on_bad_row=cfg.on_bad_row, limit=cfg.limit, labels=cfg.labels)
     if list(ds.spec.label_fields) != list(cfg.labels):
         # record the dataset's label fields (detected from its columns) so prompts, resume and the manifest agree
-        cfg = dataclasses.replace(cfg, labels=list(ds.spec.label_fields))
+        cfg = cfg.model_copy(update={"labels": list(ds.spec.label_fields)})
     items, rejects = ds.items, ds.rejects
     check_resume(out, resume_fingerprint(cfg, _file_hash(cfg.input)))
     atomic_write_bytes(out / "rejects.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n"

@@ -1,19 +1,21 @@
 """`RLConfig`: every coefficient of a GRPO run, typed, documented, validated; the CLI is generated from it.
 
-One mechanism (pydantic-settings): a TOML file (`--config rl.toml`) is validated against the model with unknown
-keys refused (every problem reported at once, each naming its key, nested ones as ``tasks.0.weight``), and flags of
-the same names (``--beta 0.02``) override keys. Cross-field rules sit in the validator at the bottom.
+One mechanism (pydantic-settings, through adnanny-cook's shared `adnanny_cook.settings.load_settings`): a TOML
+file (`--config rl.toml`) is validated against the model with unknown keys refused (every problem reported at once,
+each naming its key, nested ones as ``tasks.0.weight``, with the closest known key as a suggestion), and flags of
+the same names (``--beta 0.02``; ``--scale_std`` / ``--no-scale-std``) override keys. Cross-field rules sit in the
+validator at the bottom.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
+from adnanny_cook.settings import Settings, load_settings
 from adnanny_rl.errors import RLConfigError
 
 __all__ = ["RLConfig", "TaskConfig", "load_config"]
@@ -43,12 +45,11 @@ class TaskConfig(BaseModel):
                                                 "and click logs (default: the data's own world)")
 
 
-class RLConfig(BaseSettings):
+class RLConfig(Settings):
     """A GRPO run (paper §4.3). Defaults follow DeepSeekMath's GRPO where it states a value."""
 
-    model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=False, cli_implicit_flags=True,
-                                      cli_prog_name="adnanny-rl train",
-                                      validate_default=True)
+    # adnanny-cook's `Settings` base: unknown keys refused, defaults validated, no environment variables read
+    model_config = SettingsConfigDict(cli_implicit_flags=True, cli_prog_name="adnanny-rl train")
 
     policy: str = Field(description="the policy to align: an HF model dir or a built-in name (`smollm2`)")
     reference: str | None = Field(None, description="frozen reference for the KL term; default: the policy's "
@@ -92,54 +93,11 @@ class RLConfig(BaseSettings):
         return self
 
 
-def _suggest(key: str, known: list[str]) -> str:
-    near = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean `{near[0]}`?)" if near else ""
-
-
-def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        hint = ""
-        if e["type"] == "extra_forbidden":
-            model: type[BaseModel] = TaskConfig if loc.startswith("tasks.") else RLConfig
-            hint = _suggest(str(e["loc"][-1]), list(model.model_fields))
-            lines.append(f"unknown key `{loc}`{hint}")
-        else:
-            lines.append(f"`{loc or 'config'}`: {e['msg']}")
-    return f"{source}: " + "; ".join(lines)
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 cli_args: list[str] | None = None) -> RLConfig:
-    """Build the config from a TOML file, then flag overrides (`cli_args` as on the command line, or a dict).
+    """Build the config from a TOML file, then flags (`cli_args` as on the command line), then `overrides`.
 
-    Every problem is reported at once in one `RLConfigError` naming the file and the keys.
+    The mechanism is adnanny-cook's shared `load_settings` (the one config loader of every AdNanny package):
+    every problem is reported at once in one `RLConfigError` naming the file and the keys.
     """
-    toml = Path(path) if path is not None else None
-    if toml is not None and not toml.is_file():
-        raise RLConfigError(f"config file `{toml}` does not exist")
-
-    class _Sourced(RLConfig):
-        @classmethod
-        def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                       init_settings: PydanticBaseSettingsSource, **_: Any
-                                       ) -> tuple[PydanticBaseSettingsSource, ...]:
-            if toml is None:
-                return (init_settings,)
-            return (init_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml))
-
-    source = str(toml) if toml else "config"
-    try:
-        if cli_args is not None:
-            from pydantic_settings import CliApp
-
-            cfg = CliApp.run(_Sourced, cli_args=cli_args, **(overrides or {}))
-        else:
-            cfg = _Sourced(**(overrides or {}))
-    except ValidationError as e:
-        raise RLConfigError(_format(e, source)) from None
-    except ValueError as e:  # a TOML syntax error
-        raise RLConfigError(f"{source}: {e}") from None
-    return RLConfig.model_validate(cfg.model_dump())
+    return load_settings(RLConfig, path, cli=cli_args, overrides=overrides, error=RLConfigError, what="rl config")
