@@ -12,7 +12,7 @@ from adnanny_serve.errors import ConfigError, EngineError
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory: pytest.TempPathFactory):
+def llama_engine(tmp_path_factory: pytest.TempPathFactory):
     """A random-weight 2-layer Llama on SmolLM2's real tokenizer (byte-level BPE, BOS/EOS set)."""
     from adnanny_ckpt.gguf import smollm2_hf_dir
     from adnanny_serve.engines.transformers_engine import TransformersEngine
@@ -53,7 +53,8 @@ def _direct(engine, context: str, continuation: str) -> tuple[float, bool, int]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_loglikelihood_equals_a_direct_per_token_forward(tiny_engine, batch_size: int) -> None:
+def test_loglikelihood_equals_a_direct_per_token_forward(llama_engine, batch_size: int) -> None:
+    tiny_engine = llama_engine
     got = tiny_engine.loglikelihood(REQUESTS, batch_size=batch_size)
     assert len(got) == len(REQUESTS) and all(isinstance(g, LogLikelihood) for g in got)
     for g, (ctx, cont) in zip(got, REQUESTS):
@@ -64,7 +65,16 @@ def test_loglikelihood_equals_a_direct_per_token_forward(tiny_engine, batch_size
     assert got[5].logprob == pytest.approx(tiny_engine.loglikelihood([("hi", " there")])[0].logprob, abs=1e-5)
 
 
-def test_greedy_continuation_is_flagged(tiny_engine) -> None:
+def test_deepseek_mla_engine_too(tiny_engine) -> None:
+    """The FP8-exported tiny DeepSeek-V3 (MLA attention, MoE) honours the block mask as Llama does."""
+    got = tiny_engine.loglikelihood(REQUESTS[:5], batch_size=8)
+    for g, (ctx, cont) in zip(got, REQUESTS[:5]):
+        want, greedy, n = _direct(tiny_engine, ctx, cont)
+        assert g.logprob == pytest.approx(want, abs=2e-3) and g.n_tokens == n
+
+
+def test_greedy_continuation_is_flagged(llama_engine) -> None:
+    tiny_engine = llama_engine
     from adnanny_serve.engines import SamplingParams
 
     ctx = "Question: which gas do plants take in?\nAnswer:"
@@ -76,7 +86,8 @@ def test_greedy_continuation_is_flagged(tiny_engine) -> None:
         assert ll.is_greedy
 
 
-def test_loglikelihood_errors(tiny_engine) -> None:
+def test_loglikelihood_errors(llama_engine) -> None:
+    tiny_engine = llama_engine
     assert tiny_engine.loglikelihood([]) == []
     with pytest.raises(ConfigError, match="list of \\(context, continuation\\) pairs"):
         tiny_engine.loglikelihood(("a", "b"))
