@@ -106,7 +106,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- serve
 _SERVE_KEYS = {"model", "host", "port", "api_key", "device", "dtype", "batch_size", "max_queue", "batch_wait_ms",
-               "max_prompt_tokens", "max_tokens", "served_model_name"}
+               "max_prompt_tokens", "max_tokens", "served_model_name", "allow_pickle"}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -122,7 +122,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("`model` is required (`--model DIR` or `model = ...` in --config).")
     model_dir = _resolve_model(c["model"])
     engine = TransformersEngine.from_pretrained(model_dir, device=c.get("device", "cpu"), dtype=c.get("dtype"),
-                                                batch_size=int(c.get("batch_size", 8)))
+                                                batch_size=int(c.get("batch_size", 8)),
+                                                allow_pickle=bool(c.get("allow_pickle", False)))
     # a built-in name is served under that name ("smollm2"), a directory under its basename
     name = c.get("served_model_name") or (Path(c["model"]).name if Path(c["model"]).is_dir() else c["model"])
     key = c.get("api_key") or os.environ.get("ADNANNY_SERVE_API_KEY")
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Ignore the model's threshold: greedy labels.")
     lab.add_argument("--executor", choices=["local", "ray"], help="local (default) or ray (engine replicas on Ray).")
     lab.add_argument("--num-workers", dest="num_workers", type=int, help="Ray workers (engine replicas).")
+    lab.add_argument("--allow-pickle", dest="allow_pickle", action="store_const", const=True,
+                     help="Load pickle weights (pytorch_model.bin) from a model folder without safetensors. "
+                     "Unpickling runs code from the file: only for models you trust.")
     lab.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="Hide the bar.")
     lab.add_argument("--json", action="store_true", help="Print run stats as JSON.")
     lab.set_defaults(func=_cmd_label)
@@ -233,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, help="Wait for a batch to fill (default 5).")
     s.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, help="Longest prompt (default 4096).")
     s.add_argument("--max-tokens", dest="max_tokens", type=int, help="Largest max_tokens allowed (default 1024).")
+    s.add_argument("--allow-pickle", dest="allow_pickle", action="store_const", const=True,
+                   help="Load pickle weights (pytorch_model.bin) if the folder has no safetensors (trusted models only).")
     s.set_defaults(func=_cmd_serve)
     return p
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from adnanny_serve.errors import ConfigError, LabelError
 
-__all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", "predictions_schema",
+__all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", "out_lock", "predictions_schema",
            "prompts_for", "resolve_task", "resolve_threshold"]
 
 MODES = ("label", "reasoning")
@@ -111,6 +111,7 @@ class LabelConfig:
     executor: str = "local"
     num_workers: int = 2
     progress: bool = True
+    allow_pickle: bool = False  # load pickle weights (pytorch_model.bin) if the folder has no safetensors
 
     def __post_init__(self) -> None:
         errs = []
@@ -521,6 +522,7 @@ class LabelJob:
     ids_sha256: str
     input_fingerprint: str
     parts: Path
+    new_state: dict[str, Any] | None = None  # set by plan() for a fresh run; start() writes it
 
     @property
     def n_chunks(self) -> int:
@@ -545,7 +547,7 @@ class LabelJob:
         from adnanny_serve.engines import load_engine
 
         return load_engine(str(self.model_dir), engine=self.cfg.engine, device=self.cfg.device, dtype=self.cfg.dtype,
-                           batch_size=self.cfg.batch_size)
+                           batch_size=self.cfg.batch_size, allow_pickle=self.cfg.allow_pickle)
 
 
 _STATE_KEYS = ("input_fingerprint", "rows", "task", "task_hash", "mode", "chunk_size", "model", "example",
@@ -604,9 +606,29 @@ def plan(cfg: LabelConfig) -> LabelJob:
     else:
         if out.exists():
             raise LabelError(f"`out` {str(out)!r} already exists; delete it or choose another path.")
-        parts.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(state, state_file)
+        job.new_state = state  # written by start() once the engine is up: a run that never starts leaves nothing
     return job
+
+
+def start(job: LabelJob) -> None:
+    """Create ``<out>.parts/state.json`` for a fresh run (no-op when resuming)."""
+    if job.new_state is not None:
+        job.parts.mkdir(parents=True, exist_ok=True)
+        _atomic_write_json(job.new_state, job.parts / "state.json")
+        job.new_state = None
+
+
+def out_lock(out: Path) -> Any:
+    """The exclusive lock of one ``--out``: adnanny-cook's :class:`~adnanny_cook.lock.FolderLock` on the lock file
+    ``.<name>.lock`` next to ``out`` (not on the whole folder, so two runs writing different files of one folder
+    do not exclude each other; not inside ``<out>.parts``, which comes and goes). The file stays after the run
+    (empty): deleting a flock'ed file would let a third process lock a fresh inode while the second holds the
+    old one."""
+    from adnanny_cook.lock import FolderLock
+
+    lock = FolderLock(out.parent, "adnanny-serve label " + str(out))
+    lock.path = out.parent / f".{out.name}.lock"
+    return lock
 
 
 def _todo(job: LabelJob) -> list[int]:
@@ -674,19 +696,45 @@ def label_file(cfg: LabelConfig, engine: Any | None = None,
 
     ``on_chunk(k)`` is called after chunk ``k`` is safely on disk (tests use it to kill a run midway).
     """
+    from adnanny_cook.lock import FolderLockedError
+
+    cfg.check_runnable()
+    out = Path(cfg.out)
+    lock = out_lock(out)
+    try:
+        lock.acquire()
+    except FolderLockedError as e:
+        raise LabelError(f"`out` {str(out)!r} is being written by another label run: {e}") from None
+    try:
+        return _label_locked(cfg, engine, on_chunk)
+    finally:
+        lock.release()
+
+
+def _label_locked(cfg: LabelConfig, engine: Any | None, on_chunk: Callable[[int], None] | None) -> LabelStats:
     t0 = time.perf_counter()
     job = plan(cfg)
     todo = _todo(job)
     done_rows = 0
     if cfg.executor == "ray":
+        from adnanny_ckpt.errors import AdNannyCkptError
+        from adnanny_ckpt.models import check_model_dir
+
+        from adnanny_serve.errors import EngineError
         from adnanny_serve.ray_executor import run_chunks_on_ray
 
+        try:  # the actors load the engine; refuse a bad model folder before any state is written
+            check_model_dir(job.model_dir, allow_pickle=cfg.allow_pickle)
+        except AdNannyCkptError as e:
+            raise EngineError(str(e)) from None
+        start(job)
         done_rows = run_chunks_on_ray(job, todo)
     elif todo:
         from tqdm.auto import tqdm
 
         if engine is None:
             engine = job.load_engine()
+        start(job)
         builder = job.builder(engine)
         pending = set(todo)
         remaining = sum(min(cfg.chunk_size, job.rows - k * cfg.chunk_size) for k in todo)
@@ -701,6 +749,7 @@ def label_file(cfg: LabelConfig, engine: Any | None = None,
                 bar.set_postfix(samples_per_s=f"{done_rows / max(time.perf_counter() - t0, 1e-9):.2f}")
                 if on_chunk is not None:
                     on_chunk(k)
+    start(job)  # an empty input: nothing to label, the (empty) file is still written through the parts folder
     man = finalize(job, Path(cfg.out))
     dt = time.perf_counter() - t0
     return LabelStats(

@@ -74,6 +74,13 @@ def quantize_checkpoint(
     src, dst = Path(model_dir), Path(out_dir)
     if not (src / "config.json").is_file():
         raise QuantizeError(f"`model` must be an HF checkpoint dir with config.json; got {str(src)!r}.")
+    from adnanny_ckpt.errors import AdNannyCkptError
+    from adnanny_ckpt.models import check_weight_files
+
+    try:  # the shared weight-file rule: safetensors only, each validated (named when truncated or forged)
+        check_weight_files(src)
+    except AdNannyCkptError as e:
+        raise QuantizeError(str(e)) from None
     if dst.exists():
         if not overwrite:
             raise QuantizeError(f"`out` {str(dst)!r} already exists; remove it or pass `--overwrite`.")

@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["TransformersEngine"]
 
 
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (library errors can be pages long)."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else repr(e))[:limit]
+
+
 def _stop_criteria_class():  # built lazily: importing transformers is slow
     import torch
     from transformers import StoppingCriteria
@@ -47,7 +53,10 @@ def _stop_criteria_class():  # built lazily: importing transformers is slow
     class _StopOnStrings(StoppingCriteria):
         """Marks a row finished once its decoded completion contains a stop string or EOS."""
 
-        def __init__(self, tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int]):
+        def __init__(self, tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int],
+                     cancelled: Any = None):
+            self.cancelled = cancelled  # row -> bool: the server's client went away, stop spending steps on it
+            self.cancelled_rows: set[int] = set()
             self.tok = tokenizer
             self.prompt_len = prompt_len
             self.stops = stops
@@ -63,6 +72,11 @@ def _stop_criteria_class():  # built lazily: importing transformers is slow
             done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
             for row in range(b):
                 if row in self.stopped_at:
+                    done[row] = True
+                    continue
+                if self.cancelled is not None and self.cancelled(row):
+                    self.stopped_at[row] = n
+                    self.cancelled_rows.add(row)
                     done[row] = True
                     continue
                 last = int(input_ids[row, -1])
@@ -156,6 +170,7 @@ class TransformersEngine:
         batch_size: int = 8,
         fp8_loader: str = "adnanny",
         prefix_caching: bool = True,
+        allow_pickle: bool = False,
     ) -> "TransformersEngine":
         """Load a local HF checkpoint. ``dtype`` defaults to fp32 on CPU and bf16 on CUDA.
 
@@ -163,6 +178,11 @@ class TransformersEngine:
         dequantizes them at load with adnanny-ckpt's codec (works for any shape); ``"transformers"``
         uses transformers' own path (on CPU it also dequantizes, but needs shapes that are whole
         multiples of the block).
+
+        Before anything is loaded the folder passes adnanny-ckpt's one weight-file rule
+        (:func:`adnanny_ckpt.models.check_model_dir`): pickle weights are refused unless ``allow_pickle``, and a
+        truncated or forged safetensors file, a missing tokenizer or a model transformers cannot build is an
+        :class:`EngineError` naming the file and what is wrong (the CLIs print it in one line, exit 2).
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,9 +190,16 @@ class TransformersEngine:
         from adnanny_serve._compat import dtype_kwarg
         from adnanny_serve.fp8_load import is_fp8_checkpoint, load_fp8_dequantized
 
+        from adnanny_ckpt.errors import AdNannyCkptError
+        from adnanny_ckpt.models import check_model_dir
+
         p = Path(path)
         if not (p / "config.json").is_file():
             raise EngineError(f"`model` must be a local HF checkpoint dir with a config.json; got {str(p)!r}.")
+        try:
+            weight_files = check_model_dir(p, allow_pickle=allow_pickle)
+        except AdNannyCkptError as e:
+            raise EngineError(str(e)) from None
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"`device` is {device!r} but CUDA is not available; pass `--device cpu`.")
         dt_name = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -181,11 +208,21 @@ class TransformersEngine:
             raise ConfigError(f"`dtype` must be float32, bfloat16 or float16; got {dtype!r}.")
         if fp8_loader not in ("adnanny", "transformers"):
             raise ConfigError(f"`fp8_loader` must be 'adnanny' or 'transformers'; got {fp8_loader!r}.")
-        tok = AutoTokenizer.from_pretrained(p)
-        if is_fp8_checkpoint(p) and fp8_loader == "adnanny":
-            model = load_fp8_dequantized(p, dtype=dt)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(p, **{dtype_kwarg(): dt})
+        try:
+            tok = AutoTokenizer.from_pretrained(p)
+        except Exception as e:  # transformers' messages name neither the folder nor the missing file
+            raise EngineError(f"the tokenizer in `{p}` cannot be loaded: {type(e).__name__}: {_first_line(e)}") from None
+        try:
+            if is_fp8_checkpoint(p) and fp8_loader == "adnanny":
+                model = load_fp8_dequantized(p, dtype=dt)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    p, use_safetensors=weight_files[0].suffix == ".safetensors", **{dtype_kwarg(): dt})
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"the model in `{p}` cannot be loaded (weights {[f.name for f in weight_files][:3]}): "
+                              f"{type(e).__name__}: {_first_line(e)}") from None
         model.to(device)
         return cls(model, tok, batch_size=batch_size, prefix_caching=prefix_caching)
 
@@ -207,8 +244,14 @@ class TransformersEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        """Generate for all prompts, ``batch_size`` at a time, shortest prompts batched together."""
+    def generate(self, prompts: list[str], params: SamplingParams, *,
+                 cancelled: Any = None) -> list[Generation]:
+        """Generate for all prompts, ``batch_size`` at a time, shortest prompts batched together.
+
+        ``cancelled(i) -> bool`` (optional; the server passes it) is asked after every decoding step: a prompt
+        whose client went away stops there (``finish_reason == "cancelled"``), and a batch whose prompts are all
+        cancelled is not started. A batch ends as soon as all its rows are finished or cancelled.
+        """
         if isinstance(prompts, str):
             raise ConfigError("`prompts` must be a list of strings; got a single string. Wrap it in a list.")
         if not prompts:
@@ -221,7 +264,13 @@ class TransformersEngine:
         out: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix)
+            if cancelled is not None and all(cancelled(i) for i in idx):
+                for i in idx:
+                    out[i] = Generation(text="", prompt_tokens=len(enc[i]), completion_tokens=0,
+                                        finish_reason="cancelled")
+                continue
+            row_cancelled = None if cancelled is None else (lambda r, idx=idx: bool(cancelled(idx[r])))
+            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix, row_cancelled)
             for i, g in zip(idx, gens):
                 out[i] = g
         return out  # type: ignore[return-value]
@@ -259,7 +308,8 @@ class TransformersEngine:
             self._prefix_ids, self._prefix_cache = key, cache
         return self._prefix_cache
 
-    def _generate_batch(self, ids: list[list[int]], params: SamplingParams, n_prefix: int = 0) -> list[Generation]:
+    def _generate_batch(self, ids: list[list[int]], params: SamplingParams, n_prefix: int = 0,
+                        cancelled: Any = None) -> list[Generation]:
         import copy
 
         import torch
@@ -275,7 +325,7 @@ class TransformersEngine:
             if n_prefix:  # prefix | pads | suffix
                 input_ids[r, :n_prefix] = torch.tensor(x[:n_prefix], dtype=torch.long)
                 attn[r, :n_prefix] = 1
-        crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids)
+        crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids, cancelled)
         extra: dict[str, Any] = {}
         if n_prefix:
             cache = copy.deepcopy(self._prefix_kv(ids[0][:n_prefix]))
@@ -319,6 +369,8 @@ class TransformersEngine:
                     break
             toks = row[:n]
             finish = "stop" if (r in crit.stopped_at or (toks and toks[-1] in self.eos_ids)) else "length"
+            if r in crit.cancelled_rows:
+                finish = "cancelled"
             text_ids = toks[:-1] if toks and toks[-1] in self.eos_ids else toks
             text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
             hit = [(text.find(s), s) for s in params.stop if s in text]
