@@ -62,3 +62,54 @@ be.forward_backward(b); print('STEP', be.optimizer_step()['skipped'])
     diff, scale = (float(x) for x in out.split("DIFF")[1].split()[:2])
     assert diff <= 1e-4 * max(1.0, scale), out
     assert "STEP 0.0" in out
+
+
+@pytest.mark.slow  # ~1.5 min: a 4-process run plus the HF backend
+def test_factory_pp2_ep2_loss_curve_equals_hf_backend(tiny_hf: Path, tmp_path: Path) -> None:
+    """sft's HF backend and the Megatron backend built by the entry-point factory (PP2 x EP2 over gloo, stage 0 =
+    the dense layer: `stage_layers` 1,3) give the same loss curve on the same batches, within 1e-5 rel. per step."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from adnanny_sft.hf_backend import build_hf_backend
+    from adnanny_sft.testing import make_batch
+
+    from adnanny_megatron.launch import _free_port
+
+    steps, opts = 3, dict(lr=1e-3, max_grad_norm=1.0, total_steps=3, lr_schedule="constant", seed=0)
+    batches = [make_batch(512, seed=s, batch=4, length=12, pad_last=3, weights=[0.25] * 4) for s in range(steps)]
+    hf = build_hf_backend(str(tiny_hf), dtype="float32", **opts)
+    ref = []
+    for b in batches:
+        ref.append(float((hf.forward_backward(b) * b.sample_weights).sum()))
+        hf.optimizer_step()
+    script = tmp_path / "worker.py"
+    script.write_text(f"""
+import json, warnings; warnings.simplefilter('ignore')
+import torch.distributed as dist
+from importlib.metadata import entry_points
+from adnanny_sft.testing import make_batch
+factory = {{e.name: e for e in entry_points(group='adnanny_sft.backends')}}['megatron'].load()
+be = factory({str(tiny_hf)!r}, dtype='float32', device='cpu', layout='pp2,ep2', stage_layers='1,3',
+             convert_dir={str(tmp_path / 'mc')!r}, **{opts!r})
+out = []
+for s in range({steps}):
+    b = make_batch(512, seed=s, batch=4, length=12, pad_last=3, weights=[0.25] * 4)
+    out.append(float((be.forward_backward(b) * b.sample_weights).sum()))
+    be.optimizer_step()
+if dist.get_rank() == 0:
+    open({str(tmp_path / 'mg.json')!r}, 'w').write(json.dumps(out))
+dist.barrier()
+""")
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-addr",
+                          "127.0.0.1", "--master-port", str(_free_port()), str(script)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    got = json.loads((tmp_path / "mg.json").read_text())
+    assert len(got) == steps and len({round(x, 4) for x in ref}) > 1
+    for a, b in zip(ref, got, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a), (ref, got)

@@ -94,12 +94,17 @@ def build_megatron_backend(
     convert_dir: str | Path | None = None,
     moe_optimizer: str = "stub",
     use_distributed_optimizer: bool = False,
+    mtp: bool | None = None,
+    mtp_loss_weight: float = 0.0,
+    core_attention: str = "auto",
 ) -> Any:
     """Build a :class:`~adnanny_megatron.backend.MegatronBackend` for adnanny-sft from plain arguments.
 
     ``model``: an HF config dict (random init) or an HF model directory (weights converted by adnanny-ckpt).
     ``dtype``: ``float32`` or ``bfloat16`` (megatron trains bf16 with fp32 main weights). ``lora`` must be None
-    (full fine-tuning only). See the module docstring for the rest.
+    (full fine-tuning only). ``mtp`` / ``mtp_loss_weight``: DeepSeek's MTP module (built when config.json has
+    ``num_nextn_predict_layers`` unless ``mtp=False``; trained only with a positive weight). See the module
+    docstring for the rest.
     """
     del selective_head  # not applicable (module docstring)
     from adnanny_megatron import parallel, provider
@@ -126,18 +131,18 @@ def build_megatron_backend(
     if stage_layers:
         from adnanny_megatron.train import TrainConfig, stage_layout
 
-        pipeline_layout = stage_layout(TrainConfig(layout=layout, stage_layers=stage_layers), hf_cfg, sizes)
+        pipeline_layout = stage_layout(TrainConfig(layout=layout, stage_layers=stage_layers, mtp=mtp), hf_cfg, sizes)
     rule = provider.checkpoint_vocab_rule(ckpt) if ckpt is not None else None
     spec = provider.transformer_config_from_hf(
-        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep, pipeline_layout=pipeline_layout,
-        **({} if rule is None else {"make_vocab_size_divisible_by": rule}))
+        hf_cfg, bf16=bf16, tp=sizes.tp, pp=sizes.pp, ep=sizes.ep, pipeline_layout=pipeline_layout, mtp=mtp,
+        core_attention=core_attention, **({} if rule is None else {"make_vocab_size_divisible_by": rule}))
     backend = MegatronBackend(
         spec,
         OptimSettings(lr=lr, weight_decay=weight_decay, clip_grad=max_grad_norm, adam_beta1=betas[0],
                       adam_beta2=betas[1], adam_eps=eps, moe_optimizer=moe_optimizer,
                       use_distributed_optimizer=use_distributed_optimizer),
         TrainSettings(micro_batch_size=micro_batch_size, warmup_steps=warmup_steps, total_steps=total_steps,
-                      lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio),
+                      lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, mtp_loss_weight=mtp_loss_weight),
         seed=seed,
     )
     if ckpt is not None:
