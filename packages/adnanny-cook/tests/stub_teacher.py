@@ -4,6 +4,9 @@ It is a real server (Starlette, FastAPI's core, + uvicorn in a background thread
 to it through the official `openai` SDK exactly as it would talk to vLLM or DeepSeek.
 
 Scripted behaviour, all derived from SHA-256 of the request so reruns see the same thing:
+* `slots=N`: a server that computes N requests at once (`latency_s` each) and queues the rest FIFO, like vLLM
+  or adnanny-serve at capacity; a request whose client went away is still computed (counted in `successes`),
+  as a real server does, so duplicate work is visible; `GET /v1/models` answers at once (the liveness probe);
 * faults on the FIRST attempt of a request: 429 (with Retry-After), 500, or a stall longer than the client timeout;
 * content: cooking prompts ("Given ..." lines) get a reasoning trace that cites the input and repeats the given
   labels; for a fraction of inputs ONE candidate (the one whose `seed` == row hash % k) is bad in a known way:
@@ -39,13 +42,19 @@ class StubTeacher:
     def __init__(self, *, k: int = 4, bad_rate: float = 0.5, p429: float = 0.0, p500: float = 0.0,
                  p_timeout: float = 0.0, stall_s: float = 2.0, latency_s: float = 0.0, retry_after: str = "0.01",
                  kinds: tuple[str, ...] = BAD_KINDS, verdict: str | None = None,
-                 diverge_on: str | None = None, reject_on: str | None = None, reject_status: int = 400) -> None:
+                 diverge_on: str | None = None, reject_on: str | None = None, reject_status: int = 400,
+                 slots: int = 0) -> None:
         self.k, self.bad_rate = k, bad_rate
         self.verdict = verdict  # when set: the verifier's answer, verbatim (e.g. an unparsable one)
         self.diverge_on = diverge_on  # when this text is in a cooking prompt: a divergent (but well-formed) trace
         self.reject_on, self.reject_status = reject_on, reject_status  # this text in a prompt: refuse the request
         self.p429, self.p500, self.p_timeout, self.stall_s = p429, p500, p_timeout, stall_s
         self.latency_s, self.retry_after, self.kinds = latency_s, retry_after, kinds
+        self.slots = slots  # 0: unlimited parallelism; N: N requests computed at once, the rest queued FIFO
+        self._slot_sem: asyncio.Semaphore | None = None
+        self.queued = 0           # gauge: requests waiting for a slot
+        self.queue_peak = 0
+        self.probes = 0           # GET /v1/models
         self.lock = threading.Lock()
         self.attempts: Counter[str] = Counter()
         self.successes: Counter[str] = Counter()
@@ -68,7 +77,14 @@ class StubTeacher:
             body = await request.json()
             return await self._handle(body, JSONResponse)
 
-        app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+        async def models(request):  # type: ignore[no-untyped-def]
+            with self.lock:
+                self.probes += 1
+            return JSONResponse({"object": "list", "data": [{"id": "teacher", "object": "model", "created": 0,
+                                                              "owned_by": "stub"}]})
+
+        app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                                Route("/v1/models", models, methods=["GET"])])
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,7 +128,17 @@ class StubTeacher:
             self.attempts[rid] += 1
             attempt = self.attempts[rid]
             self.times.append(time.monotonic())
-        if self.latency_s:
+        if self.slots:
+            if self._slot_sem is None:  # created in the server's own event loop
+                self._slot_sem = asyncio.Semaphore(self.slots)
+            with self.lock:
+                self.queued += 1
+                self.queue_peak = max(self.queue_peak, self.queued)
+            async with self._slot_sem:
+                with self.lock:
+                    self.queued -= 1
+                await asyncio.sleep(self.latency_s)
+        elif self.latency_s:
             await asyncio.sleep(self.latency_s)
         h = _h(rid) % 1000 / 1000.0
         if self.reject_on is not None and self.reject_on in body["messages"][-1]["content"]:

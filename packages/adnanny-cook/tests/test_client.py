@@ -31,21 +31,90 @@ async def _run(client: TeacherClient, n: int, start: int = 0) -> list:
                                       for i in range(start, start + n)))
 
 
-def test_retries_on_429_500_and_timeouts(tmp_path: Path) -> None:
+def test_retries_on_429_500_and_slow_answers(tmp_path: Path) -> None:
     with StubTeacher(p429=0.2, p500=0.2, p_timeout=0.1, stall_s=1.5, retry_after="0.05", bad_rate=0.0) as s:
         c = TeacherClient(base_url=s.base_url, model="m", concurrency=8, timeout_s=0.5, backoff_base_s=0.01,
                           backoff_max_s=0.05, cache_path=str(tmp_path / "c.sqlite"))
+        events: list[str] = []
+        c.add_listener(events.append)
         res = asyncio.run(_run(c, 60))
         assert len(res) == 60 and all(QA.parse(r.text).labels == LABELS for r in res)
         st = c.stats
         # every scripted fault was retried and the request then succeeded
-        assert s.status[429] > 0 and s.status[500] > 0
+        assert s.status[429] > 0 and s.status[500] > 0 and s.status[504] > 0
         assert st.errors["RateLimitError"] == s.status[429]
-        assert st.errors["InternalServerError"] == s.status[500]
-        assert st.errors["APITimeoutError"] >= 1
-        assert st.retries == s.status[429] + s.status[500] + st.errors["APITimeoutError"]
-        assert st.ok == 60 and s.status[200] == 60
+        # a stall past `timeout_s` on a live server is waited for (probed, not re-sent) until the server answers
+        assert st.errors["InternalServerError"] == s.status[500] + s.status[504]
+        assert "APITimeoutError" not in st.errors and st.slow >= s.status[504] and s.probes >= st.slow
+        assert st.retries == s.status[429] + s.status[500] + s.status[504]
+        assert st.ok == 60 and s.status[200] == 60 and s.repeated_successes() == 0
         assert st.prompt_tokens > 0 and st.completion_tokens > 0
+        # one event per finished call, per retry and per call that went slow
+        assert events.count("done") == 60 and events.count("retry") == st.retries and events.count("slow") == st.slow
+        assert st.in_flight == 0 and st.waiting == 0
+
+
+def test_a_queue_that_outlasts_the_timeout_sees_no_duplicate_work() -> None:
+    """The issue-11 retry storm: a server that computes 2 requests at a time, 0.15 s each, and 16 requests from a
+    client with 8 in flight and a 0.2 s timeout: the last ones wait ~0.6 s in the server's queue."""
+    n = 16
+    with StubTeacher(slots=2, latency_s=0.15, bad_rate=0.0) as s:
+        c = TeacherClient(base_url=s.base_url, model="m", concurrency=8, timeout_s=0.2, backoff_base_s=0.01)
+        res = asyncio.run(_run(c, n))
+        assert len(res) == n and all(QA.parse(r.text).labels == LABELS for r in res)
+        assert s.status[200] == n and set(s.attempts.values()) == {1} and set(s.successes.values()) == {1}
+        assert c.stats.calls == n and c.stats.retries == 0 and c.stats.slow > 0 and s.probes > 0
+        assert s.queue_peak <= 8 - 2          # the server's queue never holds more than this client's in-flight
+    # the same server and timeout with a blind re-send on timeout (the SDK's own retry) computes work twice
+    with StubTeacher(slots=2, latency_s=0.15, bad_rate=0.0) as s:
+        import openai
+
+        async def blind() -> None:
+            cl = openai.AsyncOpenAI(base_url=s.base_url, api_key="x", timeout=0.2, max_retries=1)
+            sem = asyncio.Semaphore(8)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    try:
+                        await cl.chat.completions.create(model="m", messages=_msgs(i), temperature=0.0, seed=0)
+                    except openai.APITimeoutError:
+                        pass
+            await asyncio.gather(*(one(i) for i in range(8)))
+            await cl.close()
+        asyncio.run(blind())
+        deadline = time.monotonic() + 10       # the server still computes what the client gave up on
+        while sum(s.successes.values()) < sum(s.attempts.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.repeated_successes() > 0 and max(s.attempts.values()) > 1
+
+
+def test_a_live_server_past_max_wait_is_not_sent_the_request_again() -> None:
+    with StubTeacher(slots=1, latency_s=1.2, bad_rate=0.0) as s:
+        c = TeacherClient(base_url=s.base_url, model="m", timeout_s=0.2, max_wait_s=0.4, backoff_base_s=0.01)
+        with pytest.raises(TeacherError, match=r"is up but did not answer a request within `max_wait_s` \(0.4 s\); "
+                                               r"it was not re-sent") as ei:
+            asyncio.run(_run(c, 1))
+        assert ei.value.retryable and c.stats.abandoned == 1 and c.stats.calls == 1
+        time.sleep(1.2)
+        assert sum(s.attempts.values()) == 1   # the server saw it once (and finished it once)
+
+
+def test_a_server_that_stops_answering_is_probed_then_retried() -> None:
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)                            # accepts TCP connections (kernel backlog) and never answers
+    try:
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}/v1"
+        c = TeacherClient(base_url=url, model="m", timeout_s=0.2, max_retries=1, backoff_base_s=0.01)
+        with pytest.raises(TeacherError, match=r"failed after 2 attempts \(ServerUnresponsive: no answer within "
+                                               r"0.2 s and the server did not answer a probe\)") as ei:
+            asyncio.run(_run(c, 1))
+        assert ei.value.retryable and c.stats.errors["ServerUnresponsive"] == 2 and c.stats.retries == 1
+        assert c.stats.probes == 2 and c.stats.in_flight == 0
+    finally:
+        hung.close()
 
 
 def test_retry_after_is_honored() -> None:

@@ -132,8 +132,15 @@ class CookConfig(_TaskConfig):
     concurrency: int = Field(16, ge=1, description="teacher requests in flight at once")
     rpm: float = Field(0.0, ge=0, description="requests per minute (0 = unlimited)")
     tpm: float = Field(0.0, ge=0, description="tokens per minute (0 = unlimited)")
-    max_retries: int = Field(6, ge=0, description="retries on 429 / 5xx / timeouts (exponential backoff + jitter)")
-    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+    max_retries: int = Field(6, ge=0, description="retries on 429 / 5xx / connection failures / a server that stopped "
+                                                  "answering (exponential backoff + jitter)")
+    timeout_s: float = Field(120.0, gt=0, description="seconds to wait for an answer before probing the server "
+                                                      "(GET /models); a request on a live server is waited for, "
+                                                      "never re-sent. Size it above ceil(concurrency / server "
+                                                      "slots) x seconds per request")
+    max_wait_s: float = Field(0.0, ge=0, description="longest wait for one answer while the server is up (0 = 10 x "
+                                                     "timeout_s); then the call fails WITHOUT a re-send and its "
+                                                     "chunk is redone on rerun")
     backoff_base_s: float = Field(0.5, gt=0, description="first backoff; doubles per attempt (Retry-After wins if "
                                                          "longer)")
     backoff_max_s: float = Field(30.0, gt=0, description="backoff ceiling")

@@ -31,14 +31,14 @@ _MEMORY = 64  # rationales remembered per (task, labels) for MMR diversity
 def make_clients(cfg: CookConfig) -> tuple[TeacherClient, TeacherClient | None]:
     teacher = TeacherClient(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key, cache_path=cfg.cache_path,
                             concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, max_retries=cfg.max_retries,
-                            timeout_s=cfg.timeout_s, backoff_base_s=cfg.backoff_base_s,
+                            timeout_s=cfg.timeout_s, max_wait_s=cfg.max_wait_s, backoff_base_s=cfg.backoff_base_s,
                             backoff_max_s=cfg.backoff_max_s, price_in_per_mtok=cfg.price_in_per_mtok,
                             price_out_per_mtok=cfg.price_out_per_mtok, seed=cfg.seed)
     verifier = None
     if cfg.verifier_base_url:
         verifier = TeacherClient(base_url=cfg.verifier_base_url, model=cfg.verifier_model, api_key=cfg.api_key,
                                  cache_path=cfg.cache_path, concurrency=cfg.concurrency,
-                                 max_retries=cfg.max_retries, timeout_s=cfg.timeout_s,
+                                 max_retries=cfg.max_retries, timeout_s=cfg.timeout_s, max_wait_s=cfg.max_wait_s,
                                  backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s, seed=cfg.seed)
     return teacher, verifier
 

@@ -205,16 +205,21 @@ def _run_cook(cfg: CookConfig) -> CookResult:
 
 async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int],
                       done: dict[int, list[dict[str, Any]]], embedder: Any) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from adnanny_cook.cook import open_cooker
+    from adnanny_cook.progress import CookProgress
 
     out = Path(cfg.out)
-    kept = dropped = 0
-    bar = tqdm(total=sum(len(c) for c in chunks), initial=sum(len(chunks[i]) for i in done), unit="input",
-               disable=not cfg.progress, desc=f"cook {cfg.task_name}", dynamic_ncols=True)
+    bar: CookProgress | None = None
     try:
         async with open_cooker(cfg, embedder) as cooker:
+            # calls per input before the first checkpoint: k candidates (+ a verdict each), + 1 generation call
+            guess = cfg.k * (2 if cooker.verifier is not None else 1) + (cfg.spec.kind == "generation")
+            bar = CookProgress(inputs_total=sum(len(c) for c in chunks), inputs_done=sum(len(chunks[i]) for i in done),
+                               calls_per_input=guess, clients=[cooker.teacher, cooker.verifier],
+                               desc=f"cook {cfg.task_name}", disable=not cfg.progress)
+            for client in (cooker.teacher, cooker.verifier):
+                if client is not None:
+                    client.add_listener(bar.on_event)
             replayed_upto = -1
             for i in todo:
                 # the cooker's diversity/near-duplicate state must reflect every chunk before i
@@ -223,14 +228,11 @@ async def _cook_local(cfg: CookConfig, chunks: list[list[Item]], todo: list[int]
                 replayed_upto = i
                 write_chunk(out, i, res)
                 done[i] = res
-                kept += sum(len(s["chosen"]) for r in res for s in r["subs"])
-                dropped += sum(len(r["drops"]) for r in res)
-                bar.update(len(chunks[i]))
-                st = cooker.teacher.stats
-                bar.set_postfix(calls=st.calls, cached=st.cache_hits, kept=kept, dropped=dropped,
-                                retries=st.retries)
+                bar.chunk_done(len(chunks[i]), kept=sum(len(s["chosen"]) for r in res for s in r["subs"]),
+                               dropped=sum(len(r["drops"]) for r in res))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return cooker.stats()
 
 
