@@ -78,6 +78,20 @@ def test_precedence_overrides_then_flags_then_toml_and_no_environment(tmp_path: 
         load_settings(_Demo, cli=["--sede", "1"])
 
 
+def test_flat_files_group_keys_in_tables_whose_names_are_ignored(tmp_path: Path) -> None:
+    class _Flat(Settings):
+        lr: float = 1e-4
+        steps: int = 10
+
+    f = _toml(tmp_path, "[optim]\nlr = 0.5\n[schedule]\nsteps = 3\n")
+    cfg = load_settings(_Flat, f, flat=True, cli=["--steps", "4"])
+    assert (cfg.lr, cfg.steps) == (0.5, 4)
+    with pytest.raises(ConfigError, match=r"config file `.*twice.toml` sets `lr` twice"):
+        load_settings(_Flat, _toml(tmp_path, "lr = 1\n[optim]\nlr = 2\n", "twice.toml"), flat=True)
+    with pytest.raises(ConfigError, match=r"unknown key `stesp` \(did you mean `steps`\?\)"):
+        load_settings(_Flat, _toml(tmp_path, "[x]\nstesp = 1\n", "typo.toml"), flat=True)
+
+
 def test_missing_and_broken_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(_MyError, match=r"config file `.*nope.toml` does not exist"):
         load_settings(_Demo, tmp_path / "nope.toml", error=_MyError)

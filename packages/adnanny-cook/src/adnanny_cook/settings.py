@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_settings import (BaseSettings, CliSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
-                               SettingsError, TomlConfigSettingsSource)
+from pydantic_settings import (BaseSettings, CliSettingsSource, InitSettingsSource, PydanticBaseSettingsSource,
+                               SettingsConfigDict, SettingsError, TomlConfigSettingsSource)
 
 from adnanny_cook.errors import ConfigError
 
@@ -170,40 +170,51 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def _read_toml(path: Path, table: str | None, error: Callable[[str], Exception]) -> tuple[str, ...]:
-    """Check the file (exists, parses) and return the table header to read: `(table,)` when the file holds only
-    `[table]`, else `()`. Why read it here: a syntax error then names the file in the caller's error class."""
+def _read_toml(path: Path, error: Callable[[str], Exception]) -> dict[str, Any]:
+    """Check the file exists and parses. Why read it here: a missing file or a syntax error then names the file
+    in the caller's error class (pydantic-settings would skip a missing file silently)."""
     if not path.is_file():
         raise error(f"config file `{path}` does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise error(f"config file `{path}` is not valid TOML: {e}") from None
-    if table and set(data) == {table} and isinstance(data[table], dict):
-        return (table,)
-    return ()
+
+
+def _flatten(data: Mapping[str, Any], path: Path, error: Callable[[str], Exception]) -> dict[str, Any]:
+    """`flat=True` files: a [table] only groups keys (its name is ignored); a key set twice is an error."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        items = _flatten(v, path, error).items() if isinstance(v, Mapping) else [(k, v)]
+        for kk, vv in items:
+            if kk in out:
+                raise error(f"config file `{path}` sets `{kk}` twice")
+            out[kk] = vv
+    return out
 
 
 def load_settings(model: type[S], path: str | Path | None = None, *,
                   cli: Sequence[str] | CliSettingsSource[Any] | None = None,
                   overrides: Mapping[str, Any] | None = None, error: Callable[[str], Exception] = ConfigError,
-                  what: str | None = None, tables: Sequence[str] = ()) -> S:
+                  what: str | None = None, tables: Sequence[str] = (), flat: bool = False) -> S:
     """Build `model` from TOML file `path` (optional), flags and `overrides`, validated as a whole.
 
     `cli`: the flags as on the command line (a list; pydantic-settings' parser generated from `model` reads them:
     `--help` prints the keys' descriptions, an unknown flag exits 2), or a source from `add_settings_flags` already
     given the parsed namespace. `overrides`: values that win over everything (None values count as "not given").
-    `tables`: table names a file may wrap its keys in (`[cook]`). `error`: the exception class raised with the one
-    message (default `ConfigError`); `what` names the config in it ("invalid cook config `cook.toml`: ...").
-    Returns an instance of `model` itself.
+    `tables`: table names a file may wrap all its keys in (`[cook]`). `flat=True`: the file's tables only group
+    keys and their names are ignored (adnanny-sft's format; only for models without nested tables). `error`: the
+    exception class raised with the one message (default `ConfigError`); `what` names the config in it
+    ("invalid cook config `cook.toml`: ..."). Returns an instance of `model` itself.
     """
     toml = Path(path) if path is not None and str(path) != "" else None
     header: tuple[str, ...] = ()
+    flat_values: dict[str, Any] | None = None
     if toml is not None:
-        for t in tables or (None,):
-            header = _read_toml(toml, t, error)
-            if header:
-                break
+        data = _read_toml(toml, error)
+        if flat:
+            flat_values = _flatten(data, toml, error)
+        header = next(((t,) for t in tables if set(data) == {t} and isinstance(data[t], dict)), ())
     init = {k: v for k, v in (overrides or {}).items() if v is not None}
     label = what or f"{model.__name__} config"
     source = f"invalid {label} `{toml}`" if toml is not None else f"invalid {label}"
@@ -218,7 +229,9 @@ def load_settings(model: type[S], path: str | Path | None = None, *,
                 out.append(cli if isinstance(cli, CliSettingsSource) else
                            _cli_source(settings_cls, cli_parse_args=list(cli),
                                        cli_prog_name=model.model_config.get("cli_prog_name")))
-            if toml is not None:
+            if flat_values is not None:
+                out.append(InitSettingsSource(settings_cls, init_kwargs=flat_values))
+            elif toml is not None:
                 out.append(TomlConfigSettingsSource(settings_cls, toml_file=toml, toml_table_header=header))
             return tuple(out)
 
