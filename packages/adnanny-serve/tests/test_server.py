@@ -88,8 +88,8 @@ def test_errors_are_clear_4xx(client, server) -> None:
         client.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="`max_tokens` is 500 but this server allows at most 64"):
         client.completions.create(model="tiny", prompt="hi", max_tokens=500)
-    with pytest.raises(openai.BadRequestError, match="`n` must be 1"):
-        client.completions.create(model="tiny", prompt="hi", n=2)
+    with pytest.raises(openai.BadRequestError, match=r"`n` must be an integer in \[1, 8\]; got 9"):
+        client.completions.create(model="tiny", prompt="hi", n=9)
     with pytest.raises(openai.BadRequestError, match="at most 256"):
         client.completions.create(model="tiny", prompt="word " * 400, max_tokens=2)
     with pytest.raises(openai.AuthenticationError, match="API key"):
@@ -131,3 +131,132 @@ def test_overload_answers_429_with_retry_after(tiny_engine) -> None:
         assert all(e is None or isinstance(e, openai.RateLimitError) for e in errs)
         stats = _http("GET", f"{s.base_url.removesuffix('/v1')}/health").json()
         assert stats["batches"] < stats["served"]  # concurrent requests were batched together
+
+
+def test_n_samples_distinct_and_reproducible_with_a_seed(client, tiny_engine) -> None:
+    msgs = [{"role": "user", "content": "Query: red wine"}]
+    kw = dict(model="tiny", messages=msgs, max_tokens=8, temperature=1.0, n=4, seed=7)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    texts = [c.message.content for c in a.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2, 3]
+    assert len(set(texts)) >= 3, texts  # n draws from one generator differ
+    assert texts == [c.message.content for c in b.choices]  # the same seed, the same n samples
+    assert a.usage.completion_tokens >= 4 and a.usage.prompt_tokens == b.usage.prompt_tokens
+    c = client.completions.create(model="tiny", prompt=["buy red wine", "cheap hotel"], max_tokens=4, temperature=0,
+                                  n=2)
+    assert [x.index for x in c.choices] == [0, 1, 2, 3]
+    assert c.choices[0].text == c.choices[1].text and c.choices[2].text == c.choices[3].text  # greedy: equal
+
+
+class SlowEngine:
+    """A fake engine spending 20 ms per decoding step; records prompts and the steps it ran per prompt."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.steps: dict[str, int] = {}
+        self.stopped: dict[str, str] = {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def apply_chat_template(self, messages):
+        return messages[-1]["content"]
+
+    def token_strings(self, ids):
+        return ["x" for _ in ids]
+
+    def generate(self, prompts, params, *, cancelled=None):
+        import time as _t
+
+        from adnanny_serve.engines.base import Generation
+
+        self.prompts.extend(prompts)
+        live = set(range(len(prompts)))
+        for _ in range(params.max_tokens):
+            for i in list(live):
+                if cancelled is not None and cancelled(i):
+                    live.discard(i)
+                    self.stopped[prompts[i]] = "cancelled"
+                else:
+                    self.steps[prompts[i]] = self.steps.get(prompts[i], 0) + 1
+            if not live:
+                break
+            _t.sleep(0.02)
+        return [Generation(text="x" * self.steps.get(p, 0), prompt_tokens=1, completion_tokens=self.steps.get(p, 0),
+                           finish_reason="length") for p in prompts]
+
+
+def _post_and_leave(url: str, body: dict, after_s: float) -> None:
+    """Send a request and close the connection after `after_s` seconds without reading the answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    data = json.dumps(body).encode()
+    s = socket.create_connection((u.hostname, u.port))
+    s.sendall(f"POST {u.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    import time as _t
+
+    _t.sleep(after_s)
+    s.close()
+
+
+def test_disconnected_client_is_cancelled_running_and_queued() -> None:
+    import threading
+    import time as _t
+
+    eng = SlowEngine()
+    app = create_app(eng, model_name="slow", max_batch=1, max_queue=8, batch_wait_s=0,
+                     limits=Limits(max_tokens=2000))
+    with ServerThread(app) as s:
+        url = f"{s.base_url}/completions"
+        # 1. running: 2000 steps would take 40 s; the client leaves after 0.5 s
+        _post_and_leave(url, {"model": "slow", "prompt": "running one", "max_tokens": 2000}, 0.5)
+        deadline = _t.time() + 10
+        while _t.time() < deadline and "running one" not in eng.stopped:
+            _t.sleep(0.02)
+        assert eng.stopped.get("running one") == "cancelled"
+        assert eng.steps["running one"] < 200  # stopped within a few steps of the disconnect, not after 2000
+        # 2. queued: a long request holds the engine; a second client leaves while still queued
+        holder = threading.Thread(target=_http, args=("POST", url),
+                                  kwargs={"json_body": {"model": "slow", "prompt": "holder", "max_tokens": 60}})
+        holder.start()
+        _t.sleep(0.2)
+        _post_and_leave(url, {"model": "slow", "prompt": "queued one", "max_tokens": 5}, 0.3)
+        holder.join(timeout=30)
+        r = _http("POST", url, json_body={"model": "slow", "prompt": "after", "max_tokens": 2})
+        assert r.status_code == 200
+        assert "queued one" not in eng.prompts  # never reached the engine
+        assert eng.steps["holder"] == 60
+        m = _http("GET", f"{s.base_url.removesuffix('/v1')}/metrics").text
+        assert "adnanny_serve_cancelled_prompts_total 2" in m, m
+        assert "# TYPE adnanny_serve_queue_prompts gauge" in m
+
+
+def test_multi_prompt_request_is_admitted_whole_or_refused_whole() -> None:
+    import threading
+    import time as _t
+
+    eng = SlowEngine()
+    app = create_app(eng, model_name="slow", max_batch=1, max_queue=3, batch_wait_s=0)
+    with ServerThread(app) as s:
+        url = f"{s.base_url}/completions"
+        holder = threading.Thread(target=_http, args=("POST", url),
+                                  kwargs={"json_body": {"model": "slow", "prompt": "holder", "max_tokens": 40}})
+        holder.start()
+        _t.sleep(0.2)
+        queued = threading.Thread(target=_http, args=("POST", url),
+                                  kwargs={"json_body": {"model": "slow", "prompt": ["q1", "q2"], "max_tokens": 1}})
+        queued.start()
+        _t.sleep(0.2)  # 2 of 3 places taken: a request of 2 prompts does not fit and is refused whole
+        r = _http("POST", url, json_body={"model": "slow", "prompt": ["a1", "a2"], "max_tokens": 1})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "2 prompts asked, 1 places free" in r.json()["error"]["message"]
+        holder.join(timeout=30)
+        queued.join(timeout=30)
+        assert "a1" not in eng.prompts and "a2" not in eng.prompts  # nothing of it was queued
+        assert {"q1", "q2"} <= set(eng.prompts)
+        m = _http("GET", f"{s.base_url.removesuffix('/v1')}/metrics").text
+        assert "adnanny_serve_overloaded_total 1" in m

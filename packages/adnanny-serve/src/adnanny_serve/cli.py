@@ -133,7 +133,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      max_batch=int(c.get("batch_size", 8)), max_queue=int(c.get("max_queue", 64)),
                      batch_wait_s=float(c.get("batch_wait_ms", 5)) / 1000)
     print(f"serving {name!r} on http://{c.get('host', '127.0.0.1')}:{c.get('port', 8000)}/v1", file=sys.stderr)
-    uvicorn.run(app, host=c.get("host", "127.0.0.1"), port=int(c.get("port", 8000)), log_level="info")
+    # SIGTERM/SIGINT: stop accepting, give running requests 5 s, then cancel them (which stops the engine on them
+    # at the next decoding step and refuses what is queued) instead of waiting for every queued request
+    uvicorn.run(app, host=c.get("host", "127.0.0.1"), port=int(c.get("port", 8000)), log_level="info",
+                timeout_graceful_shutdown=5)
     return 0
 
 

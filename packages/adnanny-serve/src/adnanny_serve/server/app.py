@@ -1,6 +1,12 @@
 """The OpenAI-compatible HTTP server (FastAPI) on any :class:`~adnanny_serve.engines.base.Engine`.
 
-Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /health``.
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /health``,
+``GET /metrics`` (Prometheus text: queue depth, batch size, tokens/s, 429s, cancellations).
+
+A request whose client disconnects is cancelled: the handler watches the connection (ASGI
+``http.disconnect``) while it waits, and cancelling its wait drops the request from the queue or stops the
+engine on it at the next decoding step (see :mod:`adnanny_serve.server.batcher`). Chat templates and token
+counting run on a helper thread, never on the event loop, so a long prompt does not stall other clients.
 Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: 400 malformed or out-of-limit
 requests, 401 missing/wrong API key, 404 unknown model, 413 body too large, 429 queue full (with
 ``Retry-After``), 503 engine not running (with ``Retry-After``), 500 only for a real engine failure.
@@ -11,6 +17,8 @@ runtime, and ``Request`` is imported inside :func:`create_app` to keep fastapi a
 
 
 
+import asyncio
+import concurrent.futures
 import hmac
 import json
 import time
@@ -48,6 +56,7 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
             yield
         finally:
             await batcher.stop()
+            tok_pool.shutdown(wait=False)
 
     app = FastAPI(title="adnanny-serve", lifespan=lifespan)
     app.state.batcher = batcher
@@ -92,15 +101,41 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
         except ValueError as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}.") from None
 
-    def check_prompt_len(prompt: str) -> None:
+    tok_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adnanny-tokenize")
+
+    def _check_prompt_len(prompt: str) -> None:
         n = engine.count_tokens(prompt) if hasattr(engine, "count_tokens") else len(prompt) // 4
         if n > lim.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {n} tokens; this server accepts at most {lim.max_prompt_tokens}. "
                            "Shorten it.", param="messages", code="context_length_exceeded")
 
-    async def run(prompt: str, params: Any) -> Any:
+    async def off_loop(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(tok_pool, fn, *args)
+
+    async def check_prompt_len(prompts: list[str]) -> None:
+        await off_loop(lambda: [_check_prompt_len(p) for p in prompts])
+
+    async def disconnected(request: Request) -> None:
+        """Returns when the client has gone (the body is read, so the next ASGI message is the disconnect)."""
+        while True:
+            msg = await request.receive()
+            if msg.get("type") == "http.disconnect":
+                return
+
+    async def run(request: Request, prompts: list[str], params: Any) -> Any:
+        """All of ``prompts`` generated (admitted together or refused together), cancelled if the client leaves."""
+        work = asyncio.ensure_future(batcher.submit_many(prompts, params))
+        gone = asyncio.ensure_future(disconnected(request))
         try:
-            return await batcher.submit(prompt, params)
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()  # the batcher drops it from the queue or stops the engine on it
+            gone.cancel()
+        if not work.done() or work.cancelled():
+            raise ApiError(499, "client disconnected; request cancelled.", code="client_closed_request")
+        try:
+            return work.result()
         except Overloaded as e:
             raise ApiError(429, str(e), type_="rate_limit_error", code="overloaded",
                            headers={"Retry-After": str(e.retry_after)}) from None
@@ -112,7 +147,30 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queued": len(batcher._pending), "batches": batcher.batches, "served": batcher.served}
+        return {"status": "ok", "queued": batcher.queued, "batches": batcher.batches, "served": batcher.served,
+                "cancelled": batcher.cancelled, "refused": batcher.refused}
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        from fastapi.responses import PlainTextResponse
+
+        tps = batcher.completion_tokens / batcher.engine_seconds if batcher.engine_seconds > 0 else 0.0
+        rows = [
+            ("adnanny_serve_queue_prompts", "gauge", "Prompts waiting for the engine.", batcher.queued),
+            ("adnanny_serve_running_prompts", "gauge", "Prompts in the running engine batch.", batcher.running_prompts),
+            ("adnanny_serve_last_batch_size", "gauge", "Prompts in the last finished batch.", batcher.last_batch_size),
+            ("adnanny_serve_batches_total", "counter", "Engine batches run.", batcher.batches),
+            ("adnanny_serve_prompts_served_total", "counter", "Prompts answered.", batcher.served),
+            ("adnanny_serve_completion_tokens_total", "counter", "Tokens generated.", batcher.completion_tokens),
+            ("adnanny_serve_engine_seconds_total", "counter", "Seconds the engine spent generating.",
+             round(batcher.engine_seconds, 6)),
+            ("adnanny_serve_tokens_per_second", "gauge", "Generated tokens per engine second.", round(tps, 3)),
+            ("adnanny_serve_overloaded_total", "counter", "Requests answered 429 (queue full).", batcher.refused),
+            ("adnanny_serve_cancelled_prompts_total", "counter", "Prompts cancelled (client disconnected).",
+             batcher.cancelled),
+        ]
+        text = "".join(f"# HELP {n} {h}\n# TYPE {n} {t}\n{n} {v}\n" for n, t, h, v in rows)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -123,36 +181,28 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
         check_key(request)
-        messages, params, want_lp = parse_chat(await read_json(request), model_name, lim)
+        messages, params, want_lp, n = parse_chat(await read_json(request), model_name, lim)
         try:
-            prompt = engine.apply_chat_template(messages)
+            prompt = await off_loop(engine.apply_chat_template, messages)
         except Exception as e:
             raise ApiError(400, f"`messages` cannot be rendered with the model's chat template: {e}",
                            param="messages") from None
-        check_prompt_len(prompt)
-        g = await run(prompt, params)
-        toks = tops = None
-        if want_lp:
-            toks = engine.token_strings(g.token_ids)
-            tops = [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])]
-        return chat_response(g, model_name, toks, tops)
+        await check_prompt_len([prompt])
+        gens = await run(request, [prompt] * n, params)
+        info = [lp_info(g) if want_lp else None for g in gens]
+        return chat_response(gens, model_name, info)
+
+    def lp_info(g: Any) -> Any:
+        return (engine.token_strings(g.token_ids),
+                [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])])
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> dict[str, Any]:
         check_key(request)
-        prompts, params = parse_completion(await read_json(request), model_name, lim)
-        for p in prompts:
-            check_prompt_len(p)
-        import asyncio
-
-        gens = await asyncio.gather(*(run(p, params) for p in prompts))
-        info = []
-        for g in gens:
-            if params.logprobs is None:
-                info.append(None)
-            else:
-                info.append((engine.token_strings(g.token_ids),
-                             [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])]))
+        prompts, params, n = parse_completion(await read_json(request), model_name, lim)
+        await check_prompt_len(prompts)
+        gens = await run(request, [p for p in prompts for _ in range(n)], params)  # choice i*n+j: prompt i, sample j
+        info = [None if params.logprobs is None else lp_info(g) for g in gens]
         return completion_response(list(gens), model_name, info)
 
     return app

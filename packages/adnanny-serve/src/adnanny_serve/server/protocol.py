@@ -1,8 +1,9 @@
 """OpenAI request validation and response shapes (pure functions, no HTTP).
 
 Only what a labeling / teacher / rollout client needs is supported; everything else is refused with a 400
-that names the field, rather than silently ignored: ``n > 1``, ``stream``, ``echo``, ``tools``,
-``response_format`` and non-text message content.
+that names the field, rather than silently ignored: ``stream``, ``echo``, ``tools``, ``response_format`` and
+non-text message content. ``n`` (1..``Limits.max_n``) samples per prompt are supported: choices are ordered
+prompt by prompt, ``index = prompt_index * n + sample``, as OpenAI orders them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Limits:
     max_tokens: int = 1024
     max_body_bytes: int = 1 << 20
     max_prompts: int = 16  # prompts in one /v1/completions request
+    max_n: int = 8  # samples per prompt (`n`)
 
 
 _UNSUPPORTED = {"stream": (True,), "echo": (True,), "tools": None, "functions": None, "response_format": None,
@@ -56,10 +58,15 @@ def _check_unsupported(body: dict[str, Any]) -> None:
             continue
         if bad is None or v in bad:
             raise ApiError(400, f"`{k}` is not supported by this server; got {v!r}. Remove it.", param=k)
+
+
+def _n(body: dict[str, Any], limits: Limits) -> int:
     n = body.get("n", 1)
-    if n != 1:
-        raise ApiError(400, f"`n` must be 1 (one completion per prompt); got {n!r}. Send n separate requests.",
-                       param="n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limits.max_n:
+        raise ApiError(400, f"`n` must be an integer in [1, {limits.max_n}]; got {n!r}.", param="n")
+    return n
 
 
 def _num(body: dict[str, Any], key: str, default: float) -> float:
@@ -112,8 +119,8 @@ def _model(body: dict[str, Any], served: str) -> None:
                        code="model_not_found")
 
 
-def parse_chat(body: Any, served: str, limits: Limits) -> tuple[list[dict[str, str]], SamplingParams, bool]:
-    """(messages, params, want_logprobs) of a /v1/chat/completions body."""
+def parse_chat(body: Any, served: str, limits: Limits) -> tuple[list[dict[str, str]], SamplingParams, bool, int]:
+    """(messages, params, want_logprobs, n) of a /v1/chat/completions body."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object.")
     _model(body, served)
@@ -145,11 +152,11 @@ def parse_chat(body: Any, served: str, limits: Limits) -> tuple[list[dict[str, s
     if top and not want:
         raise ApiError(400, "`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
     params = _params(body, limits, default_max=min(256, limits.max_tokens), logprobs=(top or 0) if want else None)
-    return clean, params, want
+    return clean, params, want, _n(body, limits)
 
 
-def parse_completion(body: Any, served: str, limits: Limits) -> tuple[list[str], SamplingParams]:
-    """(prompts, params) of a /v1/completions body."""
+def parse_completion(body: Any, served: str, limits: Limits) -> tuple[list[str], SamplingParams, int]:
+    """(prompts, params, n) of a /v1/completions body."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object.")
     _model(body, served)
@@ -164,7 +171,7 @@ def parse_completion(body: Any, served: str, limits: Limits) -> tuple[list[str],
     lp = body.get("logprobs")
     if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 5):
         raise ApiError(400, f"`logprobs` must be an integer in [0, 5]; got {lp!r}.", param="logprobs")
-    return prompts, _params(body, limits, default_max=16, logprobs=lp)
+    return prompts, _params(body, limits, default_max=16, logprobs=lp), _n(body, limits)
 
 
 def _usage(gens: list[Generation]) -> dict[str, int]:
@@ -173,18 +180,27 @@ def _usage(gens: list[Generation]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def chat_response(g: Generation, model: str, token_strings: list[str] | None, top_strings: list[dict[str, float]] | None
-                  ) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": g.text},
-                              "finish_reason": g.finish_reason, "logprobs": None}
-    if token_strings is not None and g.logprobs is not None:
-        choice["logprobs"] = {"content": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode()),
-             "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())}
-                              for k, v in (top_strings[i] if top_strings else {}).items()]}
-            for i, (t, lp) in enumerate(zip(token_strings, g.logprobs))]}
+def chat_response(gens: list[Generation], model: str,
+                  logprob_info: list[tuple[list[str], list[dict[str, float]]] | None]) -> dict[str, Any]:
+    """The chat.completion body of ``gens`` (the ``n`` samples of one prompt)."""
+    choices = []
+    for idx, (g, info) in enumerate(zip(gens, logprob_info)):
+        choice: dict[str, Any] = {"index": idx, "message": {"role": "assistant", "content": g.text},
+                                  "finish_reason": g.finish_reason, "logprobs": None}
+        if info is not None and g.logprobs is not None:
+            token_strings, top_strings = info
+            choice["logprobs"] = {"content": [
+                {"token": t, "logprob": lp, "bytes": list(t.encode()),
+                 "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())}
+                                  for k, v in (top_strings[i] if top_strings else {}).items()]}
+                for i, (t, lp) in enumerate(zip(token_strings, g.logprobs))]}
+        choices.append(choice)
+    # usage counts the prompt once, as OpenAI does for n > 1
+    usage = {"prompt_tokens": gens[0].prompt_tokens if gens else 0,
+             "completion_tokens": sum(g.completion_tokens for g in gens)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage([g])}
+            "model": model, "choices": choices, "usage": usage}
 
 
 def completion_response(gens: list[Generation], model: str,
