@@ -231,7 +231,12 @@ class _TorchGroupedGemmOps:
                 self.use_torch_grouped_mm = self._probe(a.device)
             if self.use_torch_grouped_mm and a.dtype == torch.bfloat16:
                 offs = torch.cumsum(batch_sizes.to(device=a.device, dtype=torch.int32), 0, dtype=torch.int32)
-                return torch._grouped_mm(a, w, offs=offs)
+                try:
+                    return torch._grouped_mm(a, w, offs=offs)
+                except RuntimeError as exc:  # e.g. shapes/strides this kernel refuses: per-expert from now on
+                    warnings.warn(f"torch._grouped_mm refused {tuple(a.shape)} x {tuple(w.shape)} ({exc}); "
+                                  "using one matmul per expert", stacklevel=2)
+                    self.use_torch_grouped_mm = False
         sizes = [int(x) for x in batch_sizes.tolist()]
         if sum(sizes) != a.shape[0]:
             raise AdNannyMegatronError(f"grouped GEMM: batch sizes sum to {sum(sizes)}, input has {a.shape[0]} rows")
