@@ -430,8 +430,9 @@ def label_rows(engine: Any, task: Any, rows: list[dict[str, Any]], *, mode: str,
     score_fields = _score_fields(task)
     pf = primary_field(task)
     out = []
-    for row, (_, truncated), g in zip(rows, rendered, gens):
-        rec: dict[str, Any] = {"id": row["id"], "task": task.name, "mode": mode, "raw": g.text,
+    for row, (prompt, truncated), g in zip(rows, rendered, gens):
+        answer = builder.answer_prefix(prompt) + g.text  # a template's pre-opened <think> counts for the parser
+        rec: dict[str, Any] = {"id": row["id"], "task": task.name, "mode": mode, "raw": answer,
                                "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                                "finish_reason": g.finish_reason, "reasoning": None, "parse_error": None,
                                "score": None, "label_probs": None, "input_truncated": truncated}
@@ -442,7 +443,7 @@ def label_rows(engine: Any, task: Any, rows: list[dict[str, Any]], *, mode: str,
         try:
             # generation tasks answer one output per row in the tag format they were trained on; the strict
             # parser keeps free text as written (stripped) and flags anything else — never coerced
-            parsed = task.parse(g.text, mode=mode)
+            parsed = task.parse(answer, mode=mode)
         except ParseError as e:
             rec["parse_error"] = f"{type(e).__name__}: {e}"
         else:

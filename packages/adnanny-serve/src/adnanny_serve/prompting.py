@@ -277,8 +277,38 @@ class PromptBuilder:
         self._examples_cache[key] = out
         return out
 
+    def answer_prefix(self, prompt: str) -> str:
+        """The part of the assistant's answer that the prompt already holds: ``"<think>\\n"`` when the chat template
+        pre-opens the think block (DeepSeek-R1's generation prompt ends with ``<think>\\n``), else ``""``.
+
+        WHY: the model then writes only the reasoning and ``</think>``; its output alone has no open tag, and
+        the strict parser would call every row a parse error. The prompt's open tag counts: the parser reads
+        ``answer_prefix(prompt) + output``. (In label mode :meth:`render` closes a pre-opened block instead, so
+        nothing is carried over.)
+        """
+        from adnanny_cook.tasks.spec import THINK_CLOSE, THINK_OPEN
+
+        head = prompt.rstrip()
+        if self.mode != "reasoning" or not head.endswith(THINK_OPEN):
+            return ""
+        cut = head.rfind(THINK_OPEN)
+        return prompt[cut:] if THINK_CLOSE not in prompt[cut:] else ""
+
+    def _finish(self, prompt: str) -> str:
+        """Label mode on a template that pre-opens ``<think>``: close the block empty (R1's "no thinking" form), so
+        the model answers with the tags at once and its output has no think block, as label mode requires."""
+        from adnanny_cook.tasks.spec import THINK_CLOSE, THINK_OPEN
+
+        if self.mode == "label" and prompt.rstrip().endswith(THINK_OPEN):
+            return prompt.rstrip() + "\n\n" + THINK_CLOSE + "\n\n"
+        return prompt
+
     def render(self, row: Mapping[str, Any]) -> tuple[str, bool]:
         """(prompt string, whether the row's input was truncated)."""
+        prompt, truncated = self._render(row)
+        return self._finish(prompt), truncated
+
+    def _render(self, row: Mapping[str, Any]) -> tuple[str, bool]:
         examples = self.few_shot.for_row(row.get("id")) if self.few_shot is not None else None
         if self.max_input_tokens is None:
             return self.engine.apply_chat_template(self.messages(row, examples)), False
