@@ -99,9 +99,12 @@ def test_errors_are_clear_4xx(client, server) -> None:
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = _http("POST", f"{server.base_url}/completions", content=b"x" * 30_000, headers=h)
     assert r.status_code == 413 and "at most 20000" in r.json()["error"]["message"]
-    r = _http("POST", f"{server.base_url}/completions", json_body={"model": "tiny", "prompt": "hi", "stream": True},
+    r = _http("POST", f"{server.base_url}/completions", json_body={"model": "tiny", "prompt": "hi", "stream": "yes"},
               headers=h)
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+    r = _http("POST", f"{server.base_url}/completions",
+              json_body={"model": "tiny", "prompt": "hi", "stream": True, "logprobs": 1}, headers=h)
+    assert r.status_code == 400 and "cannot be streamed" in r.json()["error"]["message"]
     r = _http("GET", f"{server.base_url}/nothing", headers=h)
     assert r.status_code == 404
 
@@ -260,3 +263,30 @@ def test_multi_prompt_request_is_admitted_whole_or_refused_whole() -> None:
         assert {"q1", "q2"} <= set(eng.prompts)
         m = _http("GET", f"{s.base_url.removesuffix('/v1')}/metrics").text
         assert "adnanny_serve_overloaded_total 1" in m
+
+
+def test_streamed_chunks_concatenate_to_the_non_streamed_text(client) -> None:
+    msgs = [{"role": "user", "content": "Query: cheap hotel paris"}]
+    kw = dict(model="tiny", messages=msgs, max_tokens=16, temperature=0)
+    whole = client.chat.completions.create(**kw).choices[0]
+    parts, finish, usage = [], None, None
+    for ch in client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        if ch.usage is not None:
+            usage = ch.usage
+        for c in ch.choices:
+            assert ch.object == "chat.completion.chunk"
+            if c.delta.content:
+                parts.append(c.delta.content)
+            finish = c.finish_reason or finish
+    assert "".join(parts) == whole.message.content
+    assert len(parts) > 2, parts  # really incremental, not one chunk at the end
+    assert finish == whole.finish_reason and usage.completion_tokens == 16
+    # completions: n seeded samples of two prompts, streamed == not streamed, choice by choice
+    kw2 = dict(model="tiny", prompt=["buy red wine", "hotel"], max_tokens=10, temperature=1.0, n=2, seed=3,
+               stop=["\n"])
+    ref = client.completions.create(**kw2)
+    got: dict[int, str] = {}
+    for ch in client.completions.create(**kw2, stream=True):
+        for c in ch.choices:
+            got[c.index] = got.get(c.index, "") + c.text
+    assert [got[i] for i in range(4)] == [c.text for c in ref.choices]

@@ -54,8 +54,9 @@ def _stop_criteria_class():  # built lazily: importing transformers is slow
         """Marks a row finished once its decoded completion contains a stop string or EOS."""
 
         def __init__(self, tokenizer: Any, prompt_len: int, stops: tuple[str, ...], eos_ids: set[int],
-                     cancelled: Any = None):
+                     cancelled: Any = None, on_tokens: Any = None):
             self.cancelled = cancelled  # row -> bool: the server's client went away, stop spending steps on it
+            self.on_tokens = on_tokens  # (row, completion token ids so far) after each step: streaming
             self.cancelled_rows: set[int] = set()
             self.tok = tokenizer
             self.prompt_len = prompt_len
@@ -74,6 +75,8 @@ def _stop_criteria_class():  # built lazily: importing transformers is slow
                 if row in self.stopped_at:
                     done[row] = True
                     continue
+                if self.on_tokens is not None:
+                    self.on_tokens(row, input_ids[row, self.prompt_len:].tolist())
                 if self.cancelled is not None and self.cancelled(row):
                     self.stopped_at[row] = n
                     self.cancelled_rows.add(row)
@@ -245,12 +248,14 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[str], params: SamplingParams, *,
-                 cancelled: Any = None) -> list[Generation]:
+                 cancelled: Any = None, on_tokens: Any = None) -> list[Generation]:
         """Generate for all prompts, ``batch_size`` at a time, shortest prompts batched together.
 
         ``cancelled(i) -> bool`` (optional; the server passes it) is asked after every decoding step: a prompt
         whose client went away stops there (``finish_reason == "cancelled"``), and a batch whose prompts are all
         cancelled is not started. A batch ends as soon as all its rows are finished or cancelled.
+        ``on_tokens(i, token_ids)`` (optional; streaming) is called after every step with prompt ``i``'s completion
+        tokens so far (the final :class:`Generation` is still what counts: it is cut at stop strings).
         """
         if isinstance(prompts, str):
             raise ConfigError("`prompts` must be a list of strings; got a single string. Wrap it in a list.")
@@ -270,7 +275,8 @@ class TransformersEngine:
                                         finish_reason="cancelled")
                 continue
             row_cancelled = None if cancelled is None else (lambda r, idx=idx: bool(cancelled(idx[r])))
-            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix, row_cancelled)
+            row_tokens = None if on_tokens is None else (lambda r, ids, idx=idx: on_tokens(idx[r], ids))
+            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix, row_cancelled, row_tokens)
             for i, g in zip(idx, gens):
                 out[i] = g
         return out  # type: ignore[return-value]
@@ -309,7 +315,7 @@ class TransformersEngine:
         return self._prefix_cache
 
     def _generate_batch(self, ids: list[list[int]], params: SamplingParams, n_prefix: int = 0,
-                        cancelled: Any = None) -> list[Generation]:
+                        cancelled: Any = None, on_tokens: Any = None) -> list[Generation]:
         import copy
 
         import torch
@@ -325,7 +331,7 @@ class TransformersEngine:
             if n_prefix:  # prefix | pads | suffix
                 input_ids[r, :n_prefix] = torch.tensor(x[:n_prefix], dtype=torch.long)
                 attn[r, :n_prefix] = 1
-        crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids, cancelled)
+        crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids, cancelled, on_tokens)
         extra: dict[str, Any] = {}
         if n_prefix:
             cache = copy.deepcopy(self._prefix_kv(ids[0][:n_prefix]))

@@ -33,6 +33,7 @@ from adnanny_serve.server.protocol import (
     completion_response,
     parse_chat,
     parse_completion,
+    parse_stream,
 )
 
 __all__ = ["create_app"]
@@ -122,6 +123,36 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
             if msg.get("type") == "http.disconnect":
                 return
 
+    def admission_error(e: Exception) -> ApiError:
+        if isinstance(e, Overloaded):
+            return ApiError(429, str(e), type_="rate_limit_error", code="overloaded",
+                            headers={"Retry-After": str(e.retry_after)})
+        return ApiError(503, str(e), type_="server_error", code="unavailable", headers={"Retry-After": "5"})
+
+    def stream(kind: str, prompts: list[str], params: Any, include_usage: bool, n_prompts: int) -> Any:
+        """Admit now (429/503 before any byte of the 200 stream), then stream Server-Sent Events."""
+        from fastapi.responses import StreamingResponse
+
+        from adnanny_serve.server.streaming import TextStream, sse_events
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, list[int]]] = asyncio.Queue()
+        tok = getattr(engine, "tokenizer", None)
+        decode = None if tok is None else (lambda ids: tok.decode(ids, skip_special_tokens=False))
+        eos = set(getattr(engine, "eos_ids", set()))
+        streams = [TextStream(decode, params, eos) for _ in prompts]
+
+        def on_tokens(j: int, ids: list[int]) -> None:  # engine thread -> event loop
+            loop.call_soon_threadsafe(queue.put_nowait, (j, ids))
+
+        try:
+            req = batcher.admit(prompts, params, on_tokens=on_tokens if decode is not None else None)
+        except (Overloaded, Unavailable) as e:
+            raise admission_error(e) from None
+        return StreamingResponse(sse_events(kind, model_name, req, batcher.wait, queue, streams, include_usage,
+                                            n_prompts), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     async def run(request: Request, prompts: list[str], params: Any) -> Any:
         """All of ``prompts`` generated (admitted together or refused together), cancelled if the client leaves."""
         work = asyncio.ensure_future(batcher.submit_many(prompts, params))
@@ -179,15 +210,19 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
                                              "owned_by": "adnanny"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
+    async def chat(request: Request) -> Any:
         check_key(request)
-        messages, params, want_lp, n = parse_chat(await read_json(request), model_name, lim)
+        body = await read_json(request)
+        messages, params, want_lp, n = parse_chat(body, model_name, lim)
+        streaming, include_usage = parse_stream(body)
         try:
             prompt = await off_loop(engine.apply_chat_template, messages)
         except Exception as e:
             raise ApiError(400, f"`messages` cannot be rendered with the model's chat template: {e}",
                            param="messages") from None
         await check_prompt_len([prompt])
+        if streaming:
+            return stream("chat", [prompt] * n, params, include_usage, 1)
         gens = await run(request, [prompt] * n, params)
         info = [lp_info(g) if want_lp else None for g in gens]
         return chat_response(gens, model_name, info)
@@ -197,10 +232,14 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
                 [{engine.token_strings([t])[0]: v for t, v in d.items()} for d in (g.top_logprobs or [])])
 
     @app.post("/v1/completions")
-    async def completions(request: Request) -> dict[str, Any]:
+    async def completions(request: Request) -> Any:
         check_key(request)
-        prompts, params, n = parse_completion(await read_json(request), model_name, lim)
+        body = await read_json(request)
+        prompts, params, n = parse_completion(body, model_name, lim)
+        streaming, include_usage = parse_stream(body)
         await check_prompt_len(prompts)
+        if streaming:
+            return stream("completion", [p for p in prompts for _ in range(n)], params, include_usage, len(prompts))
         gens = await run(request, [p for p in prompts for _ in range(n)], params)  # choice i*n+j: prompt i, sample j
         info = [None if params.logprobs is None else lp_info(g) for g in gens]
         return completion_response(list(gens), model_name, info)

@@ -55,6 +55,7 @@ class _Req:
     t_enqueued: float
     cancelled: bool = False  # set on the loop thread, read by the engine thread (a plain bool: atomic)
     results: list[Generation] = field(default_factory=list)
+    on_tokens: Any = None  # (sample index in this request, token ids so far), called on the engine thread
 
 
 class Batcher:
@@ -71,9 +72,11 @@ class Batcher:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adnanny-engine")
         self._running = False
         try:
-            self._engine_cancels = "cancelled" in inspect.signature(engine.generate).parameters
+            sig = inspect.signature(engine.generate).parameters
         except (TypeError, ValueError):
-            self._engine_cancels = False
+            sig = {}
+        self._engine_cancels = "cancelled" in sig
+        self._engine_streams = "on_tokens" in sig
         self.avg_batch_seconds = 1.0  # for Retry-After estimates
         self.batches = 0
         self.served = 0  # prompts generated
@@ -114,8 +117,17 @@ class Batcher:
         batches_ahead = max(1, self.queued // max(1, self.max_batch))
         return max(1, int(round(batches_ahead * self.avg_batch_seconds)))
 
-    async def submit_many(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        """Generate for all ``prompts`` (admitted all together or refused all together)."""
+    async def submit_many(self, prompts: list[str], params: SamplingParams, *,
+                          on_tokens: Any = None) -> list[Generation]:
+        """Generate for all ``prompts`` (admitted all together or refused all together).
+
+        ``on_tokens(j, token_ids)``: progress of prompt ``j`` after each decoding step (engines that support it;
+        called on the engine thread — hand it to the loop with ``call_soon_threadsafe``)."""
+        return await self.wait(self.admit(prompts, params, on_tokens=on_tokens))
+
+    def admit(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None) -> _Req:
+        """Queue all ``prompts`` now or raise (:class:`Overloaded` / :class:`Unavailable`) — the synchronous half
+        of :meth:`submit_many`, so a streaming handler can still answer 429 before it starts its 200 stream."""
         if not self._running or self._wake is None:
             raise Unavailable("the generation engine is not running")
         free = self.max_queue - self.queued
@@ -123,9 +135,14 @@ class Batcher:
             self.refused += 1
             raise Overloaded(self.retry_after(), len(prompts), max(free, 0))
         fut: asyncio.Future[list[Generation]] = asyncio.get_running_loop().create_future()
-        req = _Req(list(prompts), params, fut, time.monotonic())
+        req = _Req(list(prompts), params, fut, time.monotonic(), on_tokens=on_tokens)
         self._pending.append(req)
         self._wake.set()
+        return req
+
+    async def wait(self, req: _Req) -> list[Generation]:
+        """The generations of an admitted request; cancelling this wait cancels the request."""
+        fut = req.future
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -174,7 +191,15 @@ class Batcher:
                 continue
             prompts = [p for r in batch for p in r.prompts]
             owner = [r for r in batch for _ in r.prompts]
-            kwargs = {"cancelled": lambda i: owner[i].cancelled} if self._engine_cancels else {}
+            kwargs: dict[str, Any] = {"cancelled": lambda i: owner[i].cancelled} if self._engine_cancels else {}
+            if self._engine_streams and any(r.on_tokens is not None for r in batch):
+                local = [j for r in batch for j in range(len(r.prompts))]  # index of each prompt in its request
+
+                def on_tokens(i: int, ids: list[int]) -> None:
+                    if owner[i].on_tokens is not None and not owner[i].cancelled:
+                        owner[i].on_tokens(local[i], ids)
+
+                kwargs["on_tokens"] = on_tokens
             t0 = time.monotonic()
             self.running_prompts = len(prompts)
             try:

@@ -1,8 +1,10 @@
 """OpenAI request validation and response shapes (pure functions, no HTTP).
 
 Only what a labeling / teacher / rollout client needs is supported; everything else is refused with a 400
-that names the field, rather than silently ignored: ``stream``, ``echo``, ``tools``, ``response_format`` and
-non-text message content. ``n`` (1..``Limits.max_n``) samples per prompt are supported: choices are ordered
+that names the field, rather than silently ignored: ``echo``, ``tools``, ``response_format``, non-text message
+content, and ``logprobs`` together with ``stream``. ``stream: true`` answers Server-Sent Events as OpenAI does
+(``chat.completion.chunk`` / ``text_completion`` chunks, then ``data: [DONE]``; ``stream_options.include_usage``
+adds a last chunk with ``usage``). ``n`` (1..``Limits.max_n``) samples per prompt are supported: choices are ordered
 prompt by prompt, ``index = prompt_index * n + sample``, as OpenAI orders them.
 """
 
@@ -16,7 +18,8 @@ from typing import Any
 from adnanny_serve.engines.base import Generation, SamplingParams
 from adnanny_serve.errors import ConfigError
 
-__all__ = ["ApiError", "Limits", "chat_response", "completion_response", "parse_chat", "parse_completion"]
+__all__ = ["ApiError", "Limits", "chat_response", "completion_response", "parse_chat", "parse_completion",
+           "parse_stream"]
 
 
 class ApiError(Exception):
@@ -47,7 +50,7 @@ class Limits:
     max_n: int = 8  # samples per prompt (`n`)
 
 
-_UNSUPPORTED = {"stream": (True,), "echo": (True,), "tools": None, "functions": None, "response_format": None,
+_UNSUPPORTED = {"echo": (True,), "tools": None, "functions": None, "response_format": None,
                 "best_of": None, "suffix": None}
 
 
@@ -214,3 +217,21 @@ def completion_response(gens: list[Generation], model: str,
         choices.append({"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": lp})
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model, "choices": choices, "usage": _usage(gens)}
+
+
+def parse_stream(body: Any) -> tuple[bool, bool]:
+    """(stream, include_usage) of a request body (validated; logprobs are not streamed)."""
+    if not isinstance(body, dict):
+        return False, False
+    st = body.get("stream", False)
+    if st is None:
+        st = False
+    if not isinstance(st, bool):
+        raise ApiError(400, f"`stream` must be true or false; got {st!r}.", param="stream")
+    opts = body.get("stream_options")
+    if opts is not None and (not isinstance(opts, dict) or not st):
+        raise ApiError(400, "`stream_options` must be an object and needs `stream: true`.", param="stream_options")
+    if st and body.get("logprobs") not in (None, False):
+        raise ApiError(400, "`logprobs` cannot be streamed by this server; drop `stream` or `logprobs`.",
+                       param="logprobs")
+    return st, bool((opts or {}).get("include_usage", False))
