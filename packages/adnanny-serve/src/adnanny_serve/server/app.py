@@ -40,14 +40,27 @@ __all__ = ["create_app"]
 
 
 def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005) -> Any:
-    """A FastAPI app serving ``engine`` under the name ``model_name`` (what clients pass as ``model``)."""
+               max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005, batching: str = "static") -> Any:
+    """A FastAPI app serving ``engine`` under the name ``model_name`` (what clients pass as ``model``).
+
+    ``batching``: "static" (:class:`Batcher`: batches of requests with equal parameters, any engine) or
+    "continuous" (:class:`ContinuousBatcher`: sequences join and leave the running batch every step; the
+    transformers engine only)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     lim = limits or Limits()
-    batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    if batching == "continuous":
+        from adnanny_serve.server.continuous_batcher import ContinuousBatcher
+
+        batcher: Any = ContinuousBatcher(engine, max_batch=max_batch, max_queue=max_queue)
+    elif batching == "static":
+        batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    else:
+        from adnanny_serve.errors import ConfigError
+
+        raise ConfigError(f"`batching` must be 'static' or 'continuous'; got {batching!r}.")
     created = int(time.time())
 
     @asynccontextmanager

@@ -47,7 +47,7 @@ class Unavailable(Exception):
     """The batcher is not running (starting, stopping, or its engine failed)."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a request is itself, never equal to another with the same prompts
 class _Req:
     prompts: list[str]
     params: SamplingParams
