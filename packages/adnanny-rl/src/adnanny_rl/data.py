@@ -16,7 +16,7 @@ from typing import Any
 
 from adnanny_rl.errors import RLConfigError
 
-__all__ = ["PromptRow", "World", "attach_ad_ids", "clicked_queries", "load_prompt_rows", "load_world"]
+__all__ = ["PromptRow", "World", "attach_ad_ids", "clicked_queries", "load_prompt_rows", "load_world", "split_world"]
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,24 @@ def load_world(path: str | Path) -> World:
 
 
 def clicked_queries(world: World, ad_ids: set[str] | None = None) -> dict[str, list[str]]:
-    """Held-out clicked query -> the ads it was clicked on (restricted to `ad_ids` when given)."""
+    """Clicked query -> the ads it was clicked on, from the impressions given (restricted to `ad_ids`)."""
     out: dict[str, set[str]] = {}
     for r in world.impressions:
         if r["clicked"] and (ad_ids is None or r["ad_id"] in ad_ids):
             out.setdefault(r["query"], set()).add(r["ad_id"])
     return {q: sorted(a) for q, a in sorted(out.items())}
+
+
+def split_world(root: str | Path, world: World) -> tuple[World, World]:
+    """(train, held-out) views of the world's click logs by time (adnanny-cook's `click_split`): the CTR model is
+    fitted on the earlier sessions and the retrieval reward scores the later sessions' clicked queries, so no
+    downstream metric is computed on the logs its model saw."""
+    from adnanny_cook.sample import click_split
+
+    sp = click_split(Path(root), by="time")
+    cols = ["query", "ad_id", "position", "clicked"]
+    return (World(ads=world.ads, title_to_ad=world.title_to_ad, impressions=sp.train.select(cols).to_dicts()),
+            World(ads=world.ads, title_to_ad=world.title_to_ad, impressions=sp.held_out.select(cols).to_dicts()))
 
 
 def attach_ad_ids(rows: list[PromptRow], world: World) -> list[PromptRow]:

@@ -69,10 +69,11 @@ def _reward_for(t: TaskConfig, spec: Any, train: list[Any], held: list[Any], out
     if t.reward == "labels":
         return (LabelReward(spec, field_weights=t.field_weights or None, mode=t.mode,
                             format_penalty=t.format_penalty), train, held)
-    from adnanny_rl.data import attach_ad_ids, clicked_queries, load_world
+    from adnanny_rl.data import attach_ad_ids, clicked_queries, load_world, split_world
 
     world_dir = Path(t.world) if t.world else _world_of(Path(t.data))
-    world = load_world(world_dir)
+    train_logs, held_logs = split_world(world_dir, load_world(world_dir))
+    world = held_logs
     if t.reward == "retrieval":
         from adnanny_rl.rewards.retrieval import RetrievalReward
 
@@ -86,7 +87,7 @@ def _reward_for(t: TaskConfig, spec: Any, train: list[Any], held: list[Any], out
     if (ctr_dir / "ctr.json").is_file():
         model = CTRModel.load(ctr_dir)          # trained once per run; a resumed run reuses the same file
     else:
-        imps = world.impressions
+        imps = train_logs.impressions          # fitted on the earlier sessions only
         model = CTRModel.fit([r["query"] for r in imps], [world.ads[r["ad_id"]] for r in imps],
                              [bool(r["clicked"]) for r in imps], [int(r["position"]) for r in imps])
         model.save(ctr_dir)
