@@ -290,3 +290,32 @@ def test_streamed_chunks_concatenate_to_the_non_streamed_text(client) -> None:
         for c in ch.choices:
             got[c.index] = got.get(c.index, "") + c.text
     assert [got[i] for i in range(4)] == [c.text for c in ref.choices]
+
+
+@pytest.mark.parametrize("batching", ["static", "continuous"])
+def test_token_budget_admission(tiny_engine, batching) -> None:
+    import threading
+    import time as _t
+
+    eng = SlowEngine() if batching == "static" else tiny_engine
+    app = create_app(eng, model_name="m", max_batch=1, max_queue=16, batch_wait_s=0, batching=batching,
+                     max_queue_tokens=120, limits=Limits(max_tokens=5000))
+    with ServerThread(app) as s:
+        url = f"{s.base_url}/completions"
+        long = 600 if batching == "continuous" else 80
+        holder = threading.Thread(target=_http, args=("POST", url),
+                                  kwargs={"json_body": {"model": "m", "prompt": "holder", "max_tokens": long,
+                                                        "temperature": 0}})
+        holder.start()
+        _t.sleep(0.5)
+        waiting = threading.Thread(target=_http, args=("POST", url),
+                                   kwargs={"json_body": {"model": "m", "prompt": "a b", "max_tokens": 60}})
+        waiting.start()
+        _t.sleep(0.3)  # ~62 tokens wait; 62 + 61 > 120: refused by the token budget although the queue has room
+        r = _http("POST", url, json_body={"model": "m", "prompt": "c", "max_tokens": 60})
+        assert r.status_code == 429 and "the budget is 120" in r.json()["error"]["message"], r.text
+        assert int(r.headers["retry-after"]) >= 1
+        r = _http("POST", url, json_body={"model": "m", "prompt": "c", "max_tokens": 20})  # fits: admitted
+        assert r.status_code == 200
+        holder.join(timeout=120)
+        waiting.join(timeout=120)

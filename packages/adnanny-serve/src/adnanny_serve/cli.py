@@ -106,7 +106,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- serve
 _SERVE_KEYS = {"model", "host", "port", "api_key", "device", "dtype", "batch_size", "max_queue", "batch_wait_ms",
-               "max_prompt_tokens", "max_tokens", "served_model_name", "allow_pickle", "batching"}
+               "max_prompt_tokens", "max_tokens", "served_model_name", "allow_pickle", "batching",
+               "max_queue_tokens"}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -131,7 +132,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      limits=Limits(max_prompt_tokens=int(c.get("max_prompt_tokens", 4096)),
                                    max_tokens=int(c.get("max_tokens", 1024))),
                      max_batch=int(c.get("batch_size", 8)), max_queue=int(c.get("max_queue", 64)),
-                     batch_wait_s=float(c.get("batch_wait_ms", 5)) / 1000, batching=c.get("batching", "static"))
+                     batch_wait_s=float(c.get("batch_wait_ms", 5)) / 1000, batching=c.get("batching", "static"),
+                     max_queue_tokens=None if c.get("max_queue_tokens") is None else int(c["max_queue_tokens"]))
     print(f"serving {name!r} on http://{c.get('host', '127.0.0.1')}:{c.get('port', 8000)}/v1", file=sys.stderr)
     # SIGTERM/SIGINT: stop accepting, give running requests 5 s, then cancel them (which stops the engine on them
     # at the next decoding step and refuses what is queued) instead of waiting for every queued request
@@ -240,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, help="Wait for a batch to fill (default 5).")
     s.add_argument("--max-prompt-tokens", dest="max_prompt_tokens", type=int, help="Longest prompt (default 4096).")
     s.add_argument("--max-tokens", dest="max_tokens", type=int, help="Largest max_tokens allowed (default 1024).")
+    s.add_argument("--max-queue-tokens", dest="max_queue_tokens", type=int,
+                   help="Also refuse (429) when the waiting requests' prompt + max_tokens tokens would exceed this.")
     s.add_argument("--batching", choices=["static", "continuous"],
                    help="static (default): batches of requests with equal parameters; continuous: requests join "
                    "and leave the running batch at every decoding step (mixed parameters and seeds).")

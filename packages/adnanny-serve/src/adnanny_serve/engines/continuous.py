@@ -58,6 +58,7 @@ class Sequence:
     tops: list[dict[int, float]] = field(default_factory=list)
     generator: Any = None
     prompt: str = ""
+    cost: int = 0  # tokens it will ask of the engine (the server's admission budget)
 
 
 class ContinuousScheduler:
@@ -76,12 +77,14 @@ class ContinuousScheduler:
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token
         self._next: torch.Tensor | None = None  # [B, V] logits of each row's next token
         self.steps = 0
+        self.waiting_cost = 0
 
     # ------------------------------------------------------------------ queue
     def add(self, seq: Sequence) -> None:
         """Queue ``seq``; it joins the batch at the next step with room (thread-safe)."""
         with self._lock:
             self._inbox.append(seq)
+            self.waiting_cost += seq.cost
 
     @property
     def waiting(self) -> int:
@@ -142,6 +145,7 @@ class ContinuousScheduler:
         with self._lock:
             room = self.max_batch - len(self.active)
             new = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
+            self.waiting_cost -= sum(s.cost for s in new)
         new = [s for s in new if not s.cancelled() or self._finish(s, "cancelled")]
         if not new:
             return

@@ -40,7 +40,8 @@ __all__ = ["create_app"]
 
 
 def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limits: Limits | None = None,
-               max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005, batching: str = "static") -> Any:
+               max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005, batching: str = "static",
+               max_queue_tokens: int | None = None) -> Any:
     """A FastAPI app serving ``engine`` under the name ``model_name`` (what clients pass as ``model``).
 
     ``batching``: "static" (:class:`Batcher`: batches of requests with equal parameters, any engine) or
@@ -54,9 +55,11 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
     if batching == "continuous":
         from adnanny_serve.server.continuous_batcher import ContinuousBatcher
 
-        batcher: Any = ContinuousBatcher(engine, max_batch=max_batch, max_queue=max_queue)
+        batcher: Any = ContinuousBatcher(engine, max_batch=max_batch, max_queue=max_queue,
+                                         max_queue_tokens=max_queue_tokens)
     elif batching == "static":
-        batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+        batcher = Batcher(engine, max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s,
+                          max_queue_tokens=max_queue_tokens)
     else:
         from adnanny_serve.errors import ConfigError
 
@@ -117,17 +120,22 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
 
     tok_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adnanny-tokenize")
 
-    def _check_prompt_len(prompt: str) -> None:
+    def _check_prompt_len(prompt: str) -> int:
         n = engine.count_tokens(prompt) if hasattr(engine, "count_tokens") else len(prompt) // 4
         if n > lim.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {n} tokens; this server accepts at most {lim.max_prompt_tokens}. "
                            "Shorten it.", param="messages", code="context_length_exceeded")
+        return n
 
     async def off_loop(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(tok_pool, fn, *args)
 
-    async def check_prompt_len(prompts: list[str]) -> None:
-        await off_loop(lambda: [_check_prompt_len(p) for p in prompts])
+    async def check_prompt_len(prompts: list[str]) -> list[int]:
+        return await off_loop(lambda: [_check_prompt_len(p) for p in prompts])
+
+    def cost(counts: list[int], n: int, params: Any) -> int:
+        """Tokens a request asks of the engine: each prompt n times, plus its generation budget."""
+        return n * (sum(counts) + len(counts) * params.max_tokens)
 
     async def disconnected(request: Request) -> None:
         """Returns when the client has gone (the body is read, so the next ASGI message is the disconnect)."""
@@ -142,7 +150,7 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
                             headers={"Retry-After": str(e.retry_after)})
         return ApiError(503, str(e), type_="server_error", code="unavailable", headers={"Retry-After": "5"})
 
-    def stream(kind: str, prompts: list[str], params: Any, include_usage: bool, n_prompts: int) -> Any:
+    def stream(kind: str, prompts: list[str], params: Any, include_usage: bool, n_prompts: int, cost: int) -> Any:
         """Admit now (429/503 before any byte of the 200 stream), then stream Server-Sent Events."""
         from fastapi.responses import StreamingResponse
 
@@ -159,16 +167,16 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
             loop.call_soon_threadsafe(queue.put_nowait, (j, ids))
 
         try:
-            req = batcher.admit(prompts, params, on_tokens=on_tokens if decode is not None else None)
+            req = batcher.admit(prompts, params, on_tokens=on_tokens if decode is not None else None, cost=cost)
         except (Overloaded, Unavailable) as e:
             raise admission_error(e) from None
         return StreamingResponse(sse_events(kind, model_name, req, batcher.wait, queue, streams, include_usage,
                                             n_prompts), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    async def run(request: Request, prompts: list[str], params: Any) -> Any:
+    async def run(request: Request, prompts: list[str], params: Any, cost: int = 0) -> Any:
         """All of ``prompts`` generated (admitted together or refused together), cancelled if the client leaves."""
-        work = asyncio.ensure_future(batcher.submit_many(prompts, params))
+        work = asyncio.ensure_future(batcher.submit_many(prompts, params, cost=cost))
         gone = asyncio.ensure_future(disconnected(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,10 +241,10 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
         except Exception as e:
             raise ApiError(400, f"`messages` cannot be rendered with the model's chat template: {e}",
                            param="messages") from None
-        await check_prompt_len([prompt])
+        counts = await check_prompt_len([prompt])
         if streaming:
-            return stream("chat", [prompt] * n, params, include_usage, 1)
-        gens = await run(request, [prompt] * n, params)
+            return stream("chat", [prompt] * n, params, include_usage, 1, cost(counts, n, params))
+        gens = await run(request, [prompt] * n, params, cost(counts, n, params))
         info = [lp_info(g) if want_lp else None for g in gens]
         return chat_response(gens, model_name, info)
 
@@ -250,10 +258,11 @@ def create_app(engine: Any, *, model_name: str, api_key: str | None = None, limi
         body = await read_json(request)
         prompts, params, n = parse_completion(body, model_name, lim)
         streaming, include_usage = parse_stream(body)
-        await check_prompt_len(prompts)
+        counts = await check_prompt_len(prompts)
+        expanded = [p for p in prompts for _ in range(n)]  # choice i*n+j: prompt i, sample j
         if streaming:
-            return stream("completion", [p for p in prompts for _ in range(n)], params, include_usage, len(prompts))
-        gens = await run(request, [p for p in prompts for _ in range(n)], params)  # choice i*n+j: prompt i, sample j
+            return stream("completion", expanded, params, include_usage, len(prompts), cost(counts, n, params))
+        gens = await run(request, expanded, params, cost(counts, n, params))  # choice i*n+j: prompt i, sample j
         info = [None if params.logprobs is None else lp_info(g) for g in gens]
         return completion_response(list(gens), model_name, info)
 

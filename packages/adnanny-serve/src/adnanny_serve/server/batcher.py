@@ -10,8 +10,8 @@ Seeded requests run alone: ``torch.manual_seed(seed)`` seeds one generator for t
 seeded request that shared a batch with another would get samples that depend on its neighbours. Alone, the
 same seed gives the same ``n`` samples every time (and they differ from each other: one generator, n draws).
 
-Overload is answered, not absorbed: the queue is counted in prompts, and a request whose prompts do not all fit
-in ``max_queue`` is refused whole with :class:`Overloaded` (the server turns it into 429 with ``Retry-After``)
+Overload is answered, not absorbed: the queue is counted in prompts (and, with ``max_queue_tokens``, in prompt +
+``max_tokens`` tokens), and a request whose prompts do not all fit is refused whole with :class:`Overloaded` (the server turns it into 429 with ``Retry-After``)
 — never half queued. While the batcher is stopped or the engine has failed it raises :class:`Unavailable` (503).
 
 Cancellation: when the awaiting handler is cancelled (its HTTP client disconnected), the request is marked
@@ -47,6 +47,23 @@ class Unavailable(Exception):
     """The batcher is not running (starting, stopping, or its engine failed)."""
 
 
+def check_token_budget(batcher: Any, cost: int) -> None:
+    """Refuse (:class:`Overloaded`) a request whose tokens would push the waiting ones past ``max_queue_tokens``.
+
+    A request is always admitted into an empty queue, so one larger than the whole budget is slow, not
+    refused forever (the per-request limits bound it)."""
+    budget = batcher.max_queue_tokens
+    if budget is None or batcher.queued == 0:
+        return
+    waiting = batcher.queued_tokens
+    if waiting + cost > budget:
+        batcher.refused += 1
+        e = Overloaded(batcher.retry_after())
+        e.args = (f"server overloaded: {waiting} tokens already queued, this request needs {cost}, the budget is "
+                  f"{budget}; retry after {e.retry_after}s",)
+        raise e
+
+
 @dataclass(eq=False)  # identity: a request is itself, never equal to another with the same prompts
 class _Req:
     prompts: list[str]
@@ -56,13 +73,16 @@ class _Req:
     cancelled: bool = False  # set on the loop thread, read by the engine thread (a plain bool: atomic)
     results: list[Generation] = field(default_factory=list)
     on_tokens: Any = None  # (sample index in this request, token ids so far), called on the engine thread
+    cost: int = 0  # prompt tokens + max_tokens of all its prompts: what it will ask of the engine
 
 
 class Batcher:
     """Batches concurrent requests into ``engine.generate`` calls (see module docstring)."""
 
-    def __init__(self, engine: Any, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005):
+    def __init__(self, engine: Any, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.005,
+                 max_queue_tokens: int | None = None):
         self.engine = engine
+        self.max_queue_tokens = max_queue_tokens
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
@@ -92,6 +112,11 @@ class Batcher:
         """Prompts waiting (not yet in the engine)."""
         return sum(len(r.prompts) for r in self._pending)
 
+    @property
+    def queued_tokens(self) -> int:
+        """Prompt + budget tokens of the waiting requests (what ``max_queue_tokens`` bounds)."""
+        return sum(r.cost for r in self._pending)
+
     async def start(self) -> None:
         self._wake = asyncio.Event()
         self._running = True
@@ -118,14 +143,14 @@ class Batcher:
         return max(1, int(round(batches_ahead * self.avg_batch_seconds)))
 
     async def submit_many(self, prompts: list[str], params: SamplingParams, *,
-                          on_tokens: Any = None) -> list[Generation]:
+                          on_tokens: Any = None, cost: int = 0) -> list[Generation]:
         """Generate for all ``prompts`` (admitted all together or refused all together).
 
         ``on_tokens(j, token_ids)``: progress of prompt ``j`` after each decoding step (engines that support it;
         called on the engine thread — hand it to the loop with ``call_soon_threadsafe``)."""
-        return await self.wait(self.admit(prompts, params, on_tokens=on_tokens))
+        return await self.wait(self.admit(prompts, params, on_tokens=on_tokens, cost=cost))
 
-    def admit(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None) -> _Req:
+    def admit(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None, cost: int = 0) -> _Req:
         """Queue all ``prompts`` now or raise (:class:`Overloaded` / :class:`Unavailable`) — the synchronous half
         of :meth:`submit_many`, so a streaming handler can still answer 429 before it starts its 200 stream."""
         if not self._running or self._wake is None:
@@ -134,8 +159,9 @@ class Batcher:
         if len(prompts) > free:
             self.refused += 1
             raise Overloaded(self.retry_after(), len(prompts), max(free, 0))
+        check_token_budget(self, cost)
         fut: asyncio.Future[list[Generation]] = asyncio.get_running_loop().create_future()
-        req = _Req(list(prompts), params, fut, time.monotonic(), on_tokens=on_tokens)
+        req = _Req(list(prompts), params, fut, time.monotonic(), on_tokens=on_tokens, cost=cost)
         self._pending.append(req)
         self._wake.set()
         return req

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from adnanny_serve.engines.base import Generation, SamplingParams
-from adnanny_serve.server.batcher import Overloaded, Unavailable, _Req
+from adnanny_serve.server.batcher import Overloaded, Unavailable, _Req, check_token_budget
 
 __all__ = ["ContinuousBatcher"]
 
@@ -24,10 +24,12 @@ __all__ = ["ContinuousBatcher"]
 class ContinuousBatcher:
     """Continuous batching behind the Batcher interface (see the module docstring)."""
 
-    def __init__(self, engine: Any, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.0):
+    def __init__(self, engine: Any, *, max_batch: int = 8, max_queue: int = 64, batch_wait_s: float = 0.0,
+                 max_queue_tokens: int | None = None):
         from adnanny_serve.engines.continuous import ContinuousScheduler
 
         self.engine = engine
+        self.max_queue_tokens = max_queue_tokens
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.sched = ContinuousScheduler(engine, max_batch=max_batch)
@@ -51,6 +53,10 @@ class ContinuousBatcher:
     def queued(self) -> int:
         return self.sched.waiting
 
+    @property
+    def queued_tokens(self) -> int:
+        return self.sched.waiting_cost
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._running = True
@@ -72,7 +78,7 @@ class ContinuousBatcher:
         ahead = max(1, self.queued // max(1, self.max_batch))
         return max(1, int(round(ahead * self.avg_batch_seconds)))
 
-    def admit(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None) -> _Req:
+    def admit(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None, cost: int = 0) -> _Req:
         from adnanny_serve.engines.continuous import Sequence, sample_seed
 
         if not self._running or self._loop is None:
@@ -81,6 +87,7 @@ class ContinuousBatcher:
         if len(prompts) > free:
             self.refused += 1
             raise Overloaded(self.retry_after(), len(prompts), max(free, 0))
+        check_token_budget(self, cost)
         loop = self._loop
         fut: asyncio.Future[list[Generation]] = loop.create_future()
         req = _Req(list(prompts), params, fut, time.monotonic(), on_tokens=on_tokens)
@@ -99,7 +106,7 @@ class ContinuousBatcher:
         self._pending.add(req)
         for j, prompt in enumerate(prompts):  # tokenized on the engine thread when it joins, not on the loop
             self.sched.add(Sequence(
-                None, params, done=lambda g, j=j: done(j, g), prompt=prompt,
+                None, params, done=lambda g, j=j: done(j, g), prompt=prompt, cost=cost // max(1, len(prompts)),
                 seed=None if params.seed is None else sample_seed(params.seed, j),
                 cancelled=lambda: req.cancelled,
                 on_tokens=None if on_tokens is None else (lambda ids, j=j: on_tokens(j, ids))))
@@ -123,9 +130,9 @@ class ContinuousBatcher:
                 self._pending.discard(req)
             raise
 
-    async def submit_many(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None
-                          ) -> list[Generation]:
-        return await self.wait(self.admit(prompts, params, on_tokens=on_tokens))
+    async def submit_many(self, prompts: list[str], params: SamplingParams, *, on_tokens: Any = None,
+                          cost: int = 0) -> list[Generation]:
+        return await self.wait(self.admit(prompts, params, on_tokens=on_tokens, cost=cost))
 
     async def submit(self, prompt: str, params: SamplingParams) -> Generation:
         return (await self.submit_many([prompt], params))[0]
