@@ -11,8 +11,8 @@ seeded request that shared a batch with another would get samples that depend on
 same seed gives the same ``n`` samples every time (and they differ from each other: one generator, n draws).
 
 Overload is answered, not absorbed: the queue is counted in prompts (and, with ``max_queue_tokens``, in prompt +
-``max_tokens`` tokens), and a request whose prompts do not all fit is refused whole with :class:`Overloaded` (the server turns it into 429 with ``Retry-After``)
-— never half queued. While the batcher is stopped or the engine has failed it raises :class:`Unavailable` (503).
+``max_tokens`` tokens), and a request whose prompts do not all fit is refused whole with :class:`Overloaded`
+(the server turns it into 429 with ``Retry-After``) — never half queued. While the batcher is stopped or the engine has failed it raises :class:`Unavailable` (503).
 
 Cancellation: when the awaiting handler is cancelled (its HTTP client disconnected), the request is marked
 cancelled: still queued, it is dropped before it reaches the engine; running, the engine is told through its
