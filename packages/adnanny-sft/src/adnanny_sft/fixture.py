@@ -7,8 +7,8 @@ label-only and label+reasoning outputs parse), relevance-only ``query_ad`` targe
 and exports it like ``adnanny-sft train`` does (HF dir + ``adnanny_model.json`` with a calibrated threshold +
 ``tasks/<name>.toml``).
 
-It is built once and cached by content: the key hashes the recipe, the sample corpus and tokenizer files it
-was trained on, the adnanny-sft sources and the torch/transformers versions; any change builds a new one.
+It is built once and cached by content: the key hashes the recipe, the cook sources that generate the sample
+corpus and its prompts, the adnanny-sft sources and the torch/transformers versions; any change builds a new one.
 The cache is ``$ADNANNY_CACHE/fixtures/<key>`` (default ``~/.cache/adnanny/fixtures/<key>``). Two processes
 asking at once (pytest-xdist, two suites) do not both build: an exclusive ``flock`` on ``<key>.lock``
 serialises them, the build happens in a temporary sibling directory, and it is published with one atomic
@@ -77,15 +77,31 @@ def _files_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def fixture_key(recipe: dict[str, Any], sample_dir: Path) -> str:
-    """Content key: recipe + corpus + tokenizer files + sft sources + torch/transformers versions."""
+def _cook_digest() -> str:
+    """sha256 over the cook sources that determine the sample corpus and its prompts (sample world, tasks)."""
+    import adnanny_cook
+
+    root = Path(adnanny_cook.__file__).resolve().parent
+    h = hashlib.sha256()
+    for sub in ("sample", "tasks"):
+        h.update(_files_digest(root / sub).encode())
+    for name in ("corpus.py", "split.py", "__about__.py"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()
+
+
+def fixture_key(recipe: dict[str, Any]) -> str:
+    """Content key: recipe + the cook sources that make the corpus + sft sources + torch/transformers versions.
+
+    WHY not the corpus files themselves: ``make_sample`` output is not byte-identical across processes (string
+    hash randomisation reaches its ordering), so a key over its files would rebuild the fixture in every
+    pytest session; the sources and the seed determine it up to that ordering."""
     import torch
     import transformers
 
     h = hashlib.sha256()
     h.update(json.dumps(recipe, sort_keys=True).encode())
-    h.update(_files_digest(sample_dir / "corpus").encode())
-    h.update(_files_digest(sample_dir / "tokenizer").encode())
+    h.update(_cook_digest().encode())
     h.update(_sources_digest().encode())
     h.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
     return h.hexdigest()[:24]
@@ -128,40 +144,38 @@ def fine_tuned_fixture(*, root: str | os.PathLike[str] | None = None, recipe: di
     ``root`` overrides the cache folder; ``recipe`` another recipe (tests of the cache itself); ``threads``
     the torch CPU threads of a build (0: torch's default).
     """
-    import tempfile
-
     from adnanny_cook.corpus import atomic_write_bytes
     from adnanny_cook.sample import make_sample
 
     recipe = json.loads(json.dumps(recipe or FIXTURE_RECIPE))
     base = Path(root) if root is not None else fixture_root()
     base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base, prefix=".sample-") as tmp:
-        sample = Path(tmp) / "sample"
-        make_sample(sample, int(recipe["sample"]["seed"]), sizes=recipe["sample"].get("sizes") or None)
-        key = fixture_key(recipe, sample)
-        final = base / key
-        if (final / "fixture.json").is_file():
+    key = fixture_key(recipe)
+    final = base / key
+    if (final / "fixture.json").is_file():
+        return final / "model"
+    with _locked(base / f"{key}.lock"):
+        if (final / "fixture.json").is_file():  # another process built it while we waited
             return final / "model"
-        with _locked(base / f"{key}.lock"):
-            if (final / "fixture.json").is_file():  # another process built it while we waited
-                return final / "model"
-            work = base / f".build-{key}-{os.getpid()}"
+        work = base / f".build-{key}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            sample = work / ".sample-src"
+            make_sample(sample, int(recipe["sample"]["seed"]), sizes=recipe["sample"].get("sizes") or None)
+            info = _build(work, recipe, sample, threads)
+            shutil.rmtree(sample, ignore_errors=True)
+            info["key"] = key
+            mf = work / "model" / "adnanny_model.json"  # name the corpus where it will live, not the build dir
+            manifest = json.loads(mf.read_text())
+            manifest["corpus"] = str(final / "sample" / "corpus")
+            atomic_write_bytes(mf, json.dumps(manifest, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(work / "fixture.json", json.dumps(info, indent=2, default=str).encode())
+            if final.exists():  # a half-published leftover without fixture.json
+                shutil.rmtree(final)
+            os.rename(work, final)
+        finally:
             shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            try:
-                info = _build(work, recipe, sample, threads)
-                info["key"] = key
-                mf = work / "model" / "adnanny_model.json"  # name the corpus where it will live, not the build dir
-                manifest = json.loads(mf.read_text())
-                manifest["corpus"] = str(final / "sample" / "corpus")
-                atomic_write_bytes(mf, json.dumps(manifest, indent=2, sort_keys=True).encode())
-                atomic_write_bytes(work / "fixture.json", json.dumps(info, indent=2, default=str).encode())
-                if final.exists():  # a half-published leftover without fixture.json
-                    shutil.rmtree(final)
-                os.rename(work, final)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
     return final / "model"
 
 
