@@ -97,3 +97,23 @@ def test_collate_pads_right_without_attention_or_loss(tokenizer, corpus_rows) ->
     assert (batch.input_ids[short, n:] == pad_token_id(tokenizer)).all()
     assert torch.equal(batch.sample_weights, torch.tensor([0.5, 2.0]))
     assert batch.sample_ids == tuple(e.id for e in examples) and batch.task == ("query_ad", "ad_user")
+
+
+def test_input_loss_weight_marks_only_the_user_input(tokenizer) -> None:
+    """Input tokens get the weight, the system prompt none, targets 1; the normaliser counts targets only."""
+    from adnanny_sft.errors import ConfigError
+    from adnanny_sft.formatting import format_example
+
+    msgs = [{"role": "system", "content": "You label things."}, {"role": "user", "content": "Query: red wine"}]
+    plain = format_example(tokenizer, "a", "t", msgs, "<Label>Good</Label>", max_seq_len=256)
+    weighted = format_example(tokenizer, "a", "t", msgs, "<Label>Good</Label>", max_seq_len=256,
+                              input_loss_weight=0.3)
+    assert plain.input_ids == weighted.input_ids and plain.num_target_tokens == weighted.num_target_tokens
+    marked = "".join(tokenizer.decode([t]) for t, m in zip(weighted.input_ids, weighted.loss_mask) if m == 0.3)
+    assert marked == "Query: red wine"
+    sys_ids = tokenizer("You label things.", add_special_tokens=False)["input_ids"]
+    assert all(m == 0.0 for m in weighted.loss_mask[: len(sys_ids) + 2])
+    import pytest
+
+    with pytest.raises(ConfigError, match="input_loss_weight"):
+        format_example(tokenizer, "a", "t", msgs, "<Label>Good</Label>", max_seq_len=256, input_loss_weight=1.0)

@@ -81,6 +81,8 @@ class SFTConfig:
     selective_head: bool = _key(True, "apply the LM head only where the next token carries loss")
     share_prefix: bool = _key(True,
         "run a micro-batch's common prompt prefix (the task's system prompt) once instead of per row")
+    input_loss_weight: float = _key(0.0,
+        "LM loss weight in [0, 1) on the task input (user message) beside the target's 1; 0 = target only")
     # -- class balance ------------------------------------------------------------------------------
     class_balance: str = _key("sampling",
         "labeling tasks: `sampling` draws classes equally, `loss` weights them equally, `none`")
@@ -161,6 +163,7 @@ class SFTConfig:
              "must be constant, linear or cosine")
         need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", "must be in [0, 1]")
         need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = off)")
+        need(0.0 <= self.input_loss_weight < 1.0, "input_loss_weight", "must be in [0, 1)")
         need(self.class_balance in ("sampling", "loss", "none"), "class_balance",
              "must be 'sampling', 'loss' or 'none'")
         need(self.class_balance_by in ("defect", "value"), "class_balance_by", "must be 'defect' or 'value'")

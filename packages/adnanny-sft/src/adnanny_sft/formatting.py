@@ -48,7 +48,10 @@ class Example:
 
     @property
     def num_target_tokens(self) -> int:
-        return int(sum(1 for m in self.loss_mask[1:] if m))
+        """Target positions (weight 1); task-input tokens weighted by ``input_loss_weight`` (< 1) are not
+        counted, so the step normaliser — and with it the targets' effective learning rate — does not change
+        when an input loss is added."""
+        return int(sum(1 for m in self.loss_mask[1:] if m == 1.0))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -119,8 +122,18 @@ def format_example(
     *,
     max_seq_len: int,
     truncation: str = "input",
+    input_loss_weight: float = 0.0,
 ) -> Example | tuple[str, int]:
-    """Tokenise one row; returns an :class:`Example`, or ``(reason, length)`` when it must be dropped."""
+    """Tokenise one row; returns an :class:`Example`, or ``(reason, length)`` when it must be dropped.
+
+    ``input_loss_weight`` > 0 also puts a language-model loss of that weight on the task input (the last user
+    message's content; never the system prompt, which stays a loss-free shared prefix). WHY: a label-only target
+    supervises one token per row, too sparse for a small model trained from scratch to discover that relevance
+    means matching the query's words against the ad's; predicting the ad's words from the query's teaches it to
+    attend across the two (pilots in the README: chance without it, 0.82 BACC with weight 0.3).
+    """
+    if not 0.0 <= input_loss_weight < 1.0:
+        raise ConfigError(f"`input_loss_weight` must be in [0, 1); got {input_loss_weight!r}.")
     if truncation not in TRUNCATION_MODES:
         raise ConfigError(f"`truncation` must be one of {TRUNCATION_MODES}; got {truncation!r}.")
     if not target:
@@ -155,6 +168,14 @@ def format_example(
             last_target = nxt
     ids, mask = ids[: last_target + 1], mask[: last_target + 1]  # nothing after end-of-turn carries loss
     first_target = mask.index(1.0)
+    if input_loss_weight > 0:
+        users = [m for m in messages if m.get("role") == "user"]
+        content = str(users[-1]["content"]) if users else ""
+        u0 = prompt_text.rfind(content) if content else -1
+        if u0 >= 0:
+            for i in range(1, first_target):
+                if offsets[i][0] >= u0 and offsets[i][1] <= u0 + len(content):
+                    mask[i] = input_loss_weight
     cut = 0
     if len(ids) > max_seq_len:
         if truncation == "drop":
@@ -182,6 +203,7 @@ def format_rows(
     *,
     max_seq_len: int,
     truncation: str = "input",
+    input_loss_weight: float = 0.0,
 ) -> tuple[list[Example], FormatReport]:
     """Tokenise rows with ``id``, ``task``, ``messages``, ``target``; counts cuts and drops (module docstring)."""
     if max_seq_len < 8:
@@ -193,7 +215,8 @@ def format_rows(
             if key not in row or row[key] is None:
                 raise DataError(f"training row {row.get('id', '?')!r} lacks `{key}`.")
         ex = format_example(tokenizer, str(row["id"]), str(row["task"]), row["messages"], str(row["target"]),
-                            max_seq_len=max_seq_len, truncation=truncation)
+                            max_seq_len=max_seq_len, truncation=truncation,
+                            input_loss_weight=input_loss_weight)
         if isinstance(ex, tuple):
             report.add_dropped(str(row["id"]), str(row["task"]), ex[0], ex[1])
             continue

@@ -90,7 +90,8 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
         public = [r for r in clean if r["task"] == PUBLIC_TASK]
     if cfg.public_data:
         rows = mix_public(rows, public, ratio=cfg.public_ratio, seed=cfg.seed)
-    examples, report = format_rows(tokenizer, rows, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation)
+    examples, report = format_rows(tokenizer, rows, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation,
+                                   input_loss_weight=cfg.input_loss_weight)
     if report.dropped_rows:
         _write_jsonl(out / "dropped_rows.jsonl", report.dropped_rows)
     if not examples:
