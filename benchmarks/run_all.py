@@ -123,7 +123,7 @@ def run_one(bench: Benchmark, timeout: float, python: str) -> dict[str, Any]:
 
 def summarise(bench: Benchmark, ran: dict[str, Any] | None) -> dict[str, Any]:
     path = RESULTS / bench.result
-    row: dict[str, Any] = {"benchmark": bench.name, "peer": bench.peer, "result": str(path.relative_to(HERE.parent))}
+    row: dict[str, Any] = {"benchmark": bench.name, "peer": bench.peer, "result": f"benchmarks/results/{bench.result}"}
     if ran is not None:
         row["run"] = {k: v for k, v in ran.items() if k != "tail"}
     if not path.exists():
