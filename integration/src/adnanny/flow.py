@@ -265,8 +265,14 @@ def _artifacts_present(out: Path, m: Manifest) -> list[str]:
     return [f"{k} ({v})" for k, v in m.artifacts.items() if not (out / v).exists()]
 
 
+def _present(st: Stage, have: Mapping[str, Any]) -> list[str]:
+    """The stage's requirements this flow provides (an optional one may be absent)."""
+    return [r for r in st.requires if r in have]
+
+
 def _required_outside(cfg: Any, stages: Mapping[str, Stage], run_dir: Path) -> dict[str, Manifest]:
-    """Requirements of the selected stages that are not selected: they must be done in the run dir already."""
+    """Requirements of the selected stages that are not selected: they must be done in the run dir already,
+    unless the stage lists them in `optional_requires`."""
     selected = list(cfg.stages)
     outside: dict[str, Manifest] = {}
     for name in selected:
@@ -274,6 +280,8 @@ def _required_outside(cfg: Any, stages: Mapping[str, Stage], run_dir: Path) -> d
             if req in selected or req in outside:
                 continue
             m = read_manifest(run_dir / req) if (run_dir / req).is_dir() else None
+            if (m is None or m.status != "done") and req in getattr(stages[name], "optional_requires", ()):
+                continue  # an optional input that this flow does not make (align switched off, say)
             if m is None or m.status != "done":
                 raise FlowError(f"stage `{name}` requires `{req}`, which is neither in `stages` ({selected}) nor "
                                 f"done in `{run_dir}`; add `{req}` to `stages`")
@@ -299,7 +307,7 @@ def plan_flow(cfg: Any, stages: Mapping[str, Stage]) -> list[StagePlan]:
             plans.append(StagePlan(name, "run", f"upstream {[r for r in st.requires if r in dirty]} will run"))
             dirty.add(name)
             continue
-        key = stage_key(st, cfg, {r: hashes.get(r) for r in st.requires}, tasks, data)
+        key = stage_key(st, cfg, {r: hashes.get(r) for r in _present(st, hashes)}, tasks, data)
         m = read_manifest(run_dir / name) if (run_dir / name).is_dir() else None
         if m is None:
             action, why = "run", "not run yet"
@@ -334,6 +342,13 @@ def _relpath(p: Path, run_dir: Path) -> str:
         return p.resolve().relative_to(run_dir.resolve()).as_posix()
     except ValueError:
         return str(p)
+
+
+def _lineage_path(v: str, out: Path, run_dir: Path) -> str:
+    """A lineage value as a path relative to the run dir (or absolute outside it); a value that names no existing
+    path (a stage's note such as `source_stage = "align"`) is kept as written."""
+    p = Path(v) if Path(v).is_absolute() else out / v
+    return _relpath(p, run_dir) if p.exists() else v
 
 
 def _check_result(name: str, res: Any, out: Path) -> StageResult:
@@ -382,7 +397,8 @@ def run_flow(cfg: Any, stages: Mapping[str, Stage], *, log: Callable[[str], None
         for i, name in enumerate(cfg.stages, 1):
             st = stages[name]
             out = run_dir / name
-            upstream = {r: done[r].outputs_hash for r in st.requires}
+            have = _present(st, done)
+            upstream = {r: done[r].outputs_hash for r in have}
             key = stage_key(st, cfg, upstream, tasks, data)
             old = read_manifest(out) if out.is_dir() else None
             if old and old.key == key and old.status == "done" and not _artifacts_present(out, old):
@@ -395,16 +411,16 @@ def run_flow(cfg: Any, stages: Mapping[str, Stage], *, log: Callable[[str], None
             out.mkdir(parents=True, exist_ok=True)
             attempts = (old.attempts + 1) if resume and old else 1
             prev_wall = (old.wall_s or 0.0) if resume and old and old.status != "done" else 0.0
-            base = dict(stage=name, key=key, attempts=attempts, started_at=_now(), requires=list(st.requires),
+            base = dict(stage=name, key=key, attempts=attempts, started_at=_now(), requires=have,
                         config=getattr(cfg, name).model_dump(mode="json"), flow=_flow_keys(cfg), tasks=tasks,
                         inputs={**{r: {"path": _relpath(run_dir / r, run_dir), "outputs_hash": done[r].outputs_hash}
-                                   for r in st.requires}, **data},
+                                   for r in have}, **data},
                         versions=vers, resumed=resume)
             write_json(out / MANIFEST, Manifest(status="running", **base).dump())
             how = f"resuming (attempt {attempts})" if resume else "running"
             log(f"[{i}/{n}] {name}: {how} -> {out}")
             ctx = StageContext(name=name, out=out, run_dir=run_dir,
-                               inputs={r: run_dir / r for r in st.requires}, config=getattr(cfg, name), flow=cfg,
+                               inputs={r: run_dir / r for r in have}, config=getattr(cfg, name), flow=cfg,
                                log=_Log(name, out, log))
             t0 = time.perf_counter()
             try:
@@ -421,8 +437,7 @@ def run_flow(cfg: Any, stages: Mapping[str, Stage], *, log: Callable[[str], None
                                     f"stages are kept, `{name}` resumes in `{out}`)") from e
                 raise
             wall = prev_wall + time.perf_counter() - t0
-            lineage = {k: _relpath(Path(v) if Path(v).is_absolute() else out / v, run_dir)
-                       for k, v in res.lineage.items()}
+            lineage = {k: _lineage_path(str(v), out, run_dir) for k, v in res.lineage.items()}
             m = Manifest(status="done", finished_at=_now(), wall_s=round(wall, 3), metrics=metrics,
                          artifacts=dict(res.artifacts), notes=list(res.notes), lineage=lineage,
                          outputs_hash=hash_tree(out), **base)

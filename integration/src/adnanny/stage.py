@@ -66,7 +66,14 @@ class Support:
 
 @runtime_checkable
 class Stage(Protocol):
-    """A flow stage. `Config` is an `adnanny_cook.settings.Settings` subclass (unknown keys are errors)."""
+    """A flow stage. `Config` is an `adnanny_cook.settings.Settings` subclass (unknown keys are errors).
+
+    Optional attributes the engine reads with `getattr` (so stages without them keep working):
+    `optional_requires` — names in `requires` the stage can do without (e.g. quantize takes align's model, or
+    train's when the flow does not align); such a stage gets no `ctx.inputs` entry when the flow neither runs it
+    nor has it finished. `version` — a string folded into the stage's key: bump it when the stage's code changes
+    what it writes, so finished run dirs rerun the stage.
+    """
 
     name: str
     requires: tuple[str, ...]
@@ -81,5 +88,8 @@ class Stage(Protocol):
         ...
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
-        """For `adnanny lineage`: what this stage's folder knows about one row/label id (None if nothing)."""
+        """For `adnanny lineage`: what this stage's folder knows about one row/label id (None if nothing).
+
+        The walk asks each stage on the lineage path about the same id; a stage whose rows carry other ids
+        upstream (a distilled row made from label row X) returns `"upstream_id": X` in its dict."""
         ...
