@@ -150,7 +150,7 @@ def test_input_errors(tiny_fp8, tiny_engine, query_ad_rows, tmp_path) -> None:
     query_ad_rows.head(2).select("query", "ad_title").write_parquet(noid)
     with pytest.raises(LabelError, match=r"has no `id` column; columns are \['query', 'ad_title'\].*--columns id="):
         label_file(_cfg(tiny_fp8, noid, out), engine=tiny_engine)
-    with pytest.raises(ConfigError, match=r"`mode` must be one of \['label', 'reasoning'\]; got 'think'"):
+    with pytest.raises(ConfigError, match=r"invalid label config: `mode` must be 'label' or 'reasoning', got 'think'"):
         LabelConfig(model="m", task="query_ad", input="i", out="o", mode="think")
     assert not out.exists()
 
@@ -171,5 +171,5 @@ def test_corpus_style_input_and_cli(tiny_fp8, sample_dir, tmp_path, capsys) -> N
     bad = tmp_path / "bad.toml"
     bad.write_text('chunk_sise = 4\n')
     assert main(["label", "--config", str(bad)]) == 2
-    assert "unknown keys ['chunk_sise']" in capsys.readouterr().err
+    assert "unknown key `chunk_sise` (did you mean `chunk_size`?)" in capsys.readouterr().err
 

@@ -38,10 +38,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adnanny_serve.config import LabelConfig
 from adnanny_serve.errors import ConfigError, LabelError
 
 __all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", "out_lock", "predictions_schema",
@@ -49,120 +50,6 @@ __all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", 
 
 MODES = ("label", "reasoning")
 MODEL_MANIFEST = "adnanny_model.json"
-
-
-def _parse_columns(value: Any) -> dict[str, str] | None:
-    if value is None or value == "" or value == {}:
-        return None
-    if isinstance(value, Mapping):
-        bad = {k: v for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str) or not v}
-        if bad:
-            raise ConfigError(f"`columns` must map task fields to file column names (strings); got {bad!r}.")
-        return dict(value)
-    if isinstance(value, str):
-        from adnanny_cook.inputs import parse_columns
-
-        try:
-            return dict(parse_columns(value))
-        except Exception as e:
-            raise ConfigError(f"`columns` {value!r}: {e}") from e
-    raise ConfigError(f"`columns` must be 'field=column,...' or a table; got {type(value).__name__}.")
-
-
-def _parse_labels(value: Any) -> tuple[str, ...] | None:
-    if value is None or value == "" or value == ():
-        return None
-    if isinstance(value, str):
-        out = tuple(v.strip() for v in value.split(",") if v.strip())
-    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        out = tuple(v.strip() for v in value)
-    else:
-        raise ConfigError(f"`labels` must be 'field,field' or a list of field names; got {value!r}.")
-    if not out:
-        raise ConfigError(f"`labels` {value!r} names no label field.")
-    return out
-
-
-@dataclass
-class LabelConfig:
-    """Settings of ``adnanny-serve label`` (TOML keys == CLI flags with ``-`` -> ``_``)."""
-
-    model: str = ""
-    task: str = ""  # a built-in/registered name, a TOML task file, or "" = the one task stored in the model dir
-    input: str = ""
-    out: str = ""
-    mode: str = "label"
-    engine: str = "transformers"
-    device: str = "cpu"
-    dtype: str | None = None
-    batch_size: int = 8
-    chunk_size: int = 64
-    max_tokens: int | None = None  # default: 32 (label tasks) / 128 (generation tasks) in label mode, 512 reasoning
-    top_logprobs: int = 20
-    example: bool = False
-    columns: Any = None  # {task_field: file_column} or "query=search_term,label=esci"
-    labels: Any = None  # label fields to predict ("label" = relevance-only query_ad); None = the task's own
-    max_input_tokens: int | None = None
-    few_shot: int = 0
-    few_shot_from: str | None = None
-    few_shot_seed: int = 0
-    threshold: float | None = None
-    no_threshold: bool = False
-    executor: str = "local"
-    num_workers: int = 2
-    progress: bool = True
-    allow_pickle: bool = False  # load pickle weights (pytorch_model.bin) if the folder has no safetensors
-
-    def __post_init__(self) -> None:
-        errs = []
-        if not self.model:
-            errs.append("`model` is required")
-        if self.mode not in MODES:
-            errs.append(f"`mode` must be one of {list(MODES)}; got {self.mode!r}")
-        if self.executor not in ("local", "ray"):
-            errs.append(f"`executor` must be 'local' or 'ray'; got {self.executor!r}")
-        for key in ("batch_size", "chunk_size", "num_workers"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                errs.append(f"`{key}` must be an integer >= 1; got {v!r}")
-        for key in ("max_tokens", "max_input_tokens"):
-            v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                errs.append(f"`{key}` must be an integer >= 1; got {v!r}")
-        if not isinstance(self.top_logprobs, int) or self.top_logprobs < 1:
-            errs.append(f"`top_logprobs` must be an integer >= 1; got {self.top_logprobs!r}")
-        if not isinstance(self.few_shot, int) or isinstance(self.few_shot, bool) or self.few_shot < 0:
-            errs.append(f"`few_shot` must be an integer >= 0; got {self.few_shot!r}")
-        elif self.few_shot and not self.few_shot_from:
-            errs.append("`few_shot` needs `few_shot_from` (a labeled CSV/JSONL/Parquet of your training rows)")
-        elif self.few_shot_from and not self.few_shot:
-            errs.append("`few_shot_from` is given but `few_shot` is 0; pass `--few-shot K`")
-        if self.few_shot and self.example:
-            errs.append("`example` and `few_shot` exclude each other; use `few_shot` (the fixed example biases "
-                        "small models)")
-        if self.threshold is not None:
-            t = self.threshold
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
-                errs.append(f"`threshold` must be a probability in [0, 1]; got {t!r}")
-            elif self.no_threshold:
-                errs.append("`threshold` and `no_threshold` exclude each other")
-        if errs:
-            raise ConfigError("invalid label config: " + "; ".join(errs) + ".")
-        self.columns = _parse_columns(self.columns)
-        self.labels = _parse_labels(self.labels)
-
-    def check_runnable(self) -> None:
-        """`input` and `out` are needed to run (a config built only to resolve a task/threshold may omit them)."""
-        missing = [f"`{k}` is required" for k in ("input", "out") if not getattr(self, k)]
-        if missing:
-            raise ConfigError("invalid label config: " + "; ".join(missing) + ".")
-
-    def max_tokens_for(self, task: Any) -> int:
-        if self.max_tokens is not None:
-            return self.max_tokens
-        if self.mode == "reasoning":
-            return 512
-        return 32 if task.kind == "label" else 128
 
 
 @dataclass
@@ -759,5 +646,5 @@ def _label_locked(cfg: LabelConfig, engine: Any | None, on_chunk: Callable[[int]
         avg_prompt_tokens=man["avg_prompt_tokens"], avg_completion_tokens=man["avg_completion_tokens"],
         truncated_rows=man["truncated_rows"], manifest=str(Path(cfg.out).with_name(Path(cfg.out).name +
                                                                                      ".manifest.json")),
-        threshold=job.threshold["value"], extra={"config": asdict(cfg), "manifest": man},
+        threshold=job.threshold["value"], extra={"config": cfg.model_dump(), "manifest": man},
     )

@@ -47,7 +47,7 @@ def run_chunks_on_ray(job: Any, todo: list[int]) -> int:
         ray.init(num_cpus=cfg.num_workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
-        worker_job = dataclasses.replace(job, cfg=dataclasses.replace(cfg, executor="local", progress=False))
+        worker_job = dataclasses.replace(job, cfg=cfg.model_copy(update={"executor": "local", "progress": False}))
         actor_cls = ray.remote(num_cpus=1)(_ChunkLabeler)
         actors = [actor_cls.remote(worker_job) for _ in range(cfg.num_workers)]
         pending = set(todo)
