@@ -6,9 +6,10 @@ points the other way from the paper.
 Why only the manifests: the report can then be rewritten at any time (`adnanny report RUN_DIR`) without any
 model, and every number in it can be traced to the stage that wrote it.
 
-The documented contract — the stage-metrics schema the report reads (each stage's `StageResult.metrics`, written
-by the engine into RUN_DIR/<stage>/manifest.json under "metrics"):
+The documented contract — the stage-metrics schema the report reads (a copy of the shared note
+/work/notes/flow_schema.md, whose heading reads: The flow's stage-metrics schema (shared by "flow", "stagesA", "stagesB"; the report reads exactly this)):
 
+    Each stage's `StageResult.metrics` (written by the engine into RUN_DIR/<stage>/manifest.json under "metrics").
     Keys absent = "not measured" in the report (never invented). Systems are named "adnanny" (the trained model),
     "prompted" (the teacher model prompted directly: the paper's 4o-1120 analog), "lexical" (adnanny-eval's
     LexicalBaseline / PopularityGenreBaseline for ad-user), "teacher", "student", "student_dqc", "adnanny_fp8".
@@ -459,7 +460,7 @@ def _section_table9(r: Report, label: Mapping[str, Any] | None, quantize: Mappin
 
 _COST_COLS = (("Avg. input tokens", ("avg_input_tokens", "input_tokens")),
               ("Avg. output tokens", ("avg_output_tokens", "output_tokens")),
-              ("GPU cost ($/s)", ("usd_per_s", "gpu_usd_per_s")),
+              ("GPU cost ($/s)", ("gpu_dollars_per_s", "usd_per_s")),
               ("Throughput (samples/s)", ("samples_per_s", "throughput")),
               ("Cost / 1M samples ($)", ("usd_per_1m",)),
               ("Cost ratio", ("ratio", "cost_ratio")))
