@@ -118,7 +118,7 @@ class ToyTrain:
         return [Support("toy training", True)]
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
-        return {"model": str(out / "model")} if (out / "model").is_dir() else None
+        return None  # a model knows no row ids; the walk passes through its lineage
 
 
 class ToyLabel:
