@@ -86,7 +86,7 @@ def test_label_to_teacher_exchange(run: tuple[Path, dict]) -> None:
 
 def test_walk_starts_at_the_latest_stage_and_follows_upstream_ids(run: tuple[Path, dict]) -> None:
     d, st = run
-    tree = trace_lineage(d, "s-r2", st)
+    tree = trace_lineage(d, "s-r2", st)  # label does not know student ids: distill is the latest that does
     assert _chain(tree["root"]) == ["distill", "label", "train", "cook"]
     label = tree["root"]["from"][0]["node"]
     assert label["trace"]["prediction"]["id"] == "r2"  # asked about the mapped id
@@ -95,7 +95,7 @@ def test_walk_starts_at_the_latest_stage_and_follows_upstream_ids(run: tuple[Pat
 
 def test_unknown_id_and_missing_dir(run: tuple[Path, dict], tmp_path: Path) -> None:
     d, st = run
-    with pytest.raises(LineageError, match=r"id 'zz' is not known to any stage .*asked: \['distill', 'label', "
+    with pytest.raises(LineageError, match=r"id 'zz' is not known to any stage .*asked: \['label', 'distill', "
                                            r"'train', 'cook'\]"):
         trace_lineage(d, "zz", st)
     with pytest.raises(LineageError, match="does not exist"):
@@ -111,3 +111,17 @@ def test_a_moved_run_dir_keeps_its_lineage(run: tuple[Path, dict], tmp_path: Pat
     tree = trace_lineage(moved, "r1", st)
     assert all(e["exists"] for e in tree["root"]["from"])
     assert tree["root"]["from"][0]["path"].startswith(str(moved))
+
+
+def test_label_is_preferred_and_start_can_be_chosen(run: tuple[Path, dict]) -> None:
+    d, st = run
+
+    class KnowsAll(Distill):
+        def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
+            return {"student_prediction": row_id}
+
+    st = {**st, "distill": KnowsAll()}
+    assert trace_lineage(d, "r1", st)["root"]["stage"] == "label"
+    assert trace_lineage(d, "r1", st, start="distill")["root"]["stage"] == "distill"
+    with pytest.raises(LineageError, match=r"--stage 'nope' is not an installed stage"):
+        trace_lineage(d, "r1", st, start="nope")

@@ -109,7 +109,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 def _cmd_lineage(a: argparse.Namespace) -> int:
     from adnanny.lineage import format_lineage, trace_lineage
 
-    tree = trace_lineage(a.run_dir, a.id)
+    tree = trace_lineage(a.run_dir, a.id, start=a.stage)
     print(json.dumps(tree, indent=2, default=str) if a.json else format_lineage(tree, full=a.full))
     return 0
 
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--id", required=True, help="the row / label id (the `id` column of the predictions)")
     g.add_argument("--json", action="store_true")
     g.add_argument("--full", action="store_true", help="print prompts and responses whole")
+    g.add_argument("--stage", help="start the walk at this stage (default: label when it knows the id, else "
+                                   "the latest stage that does)")
     g.set_defaults(fn=_cmd_lineage)
     return top
 

@@ -58,8 +58,11 @@ def _node(name: str, run_dir: Path, row_id: str, stages: Mapping[str, Any], seen
 
 
 def trace_lineage(run_dir: str | os.PathLike[str], row_id: str,
-                  stages: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The lineage tree of `row_id` (see module docstring); raises `LineageError` when no stage knows it."""
+                  stages: Mapping[str, Any] | None = None, *, start: str | None = None) -> dict[str, Any]:
+    """The lineage tree of `row_id` (see module docstring); raises `LineageError` when no stage knows it.
+
+    `start`: the stage to start from; default the label stage when it knows the id (the command is about a
+    predicted label), else the latest stage that does."""
     from adnanny import stages as pkg
 
     rd = Path(run_dir)
@@ -70,6 +73,12 @@ def trace_lineage(run_dir: str | os.PathLike[str], row_id: str,
 
         stages = installed_stages()
     order = [n for n in pkg.STAGE_ORDER if n in stages] + [n for n in stages if n not in pkg.STAGE_ORDER]
+    if start is not None:
+        if start not in stages:
+            raise LineageError(f"--stage {start!r} is not an installed stage ({list(order)})")
+        order = [start]
+    elif "label" in order:
+        order = [n for n in order if n != "label"] + ["label"]
     searched = []
     for name in reversed(order):
         out = rd / name
