@@ -57,6 +57,15 @@ def dry_run(cfg: Any, stages: Any) -> tuple[str, bool, dict[str, Any]]:
             lines.append(f"  [{mark:>7}] {s.what}" + (f" — {s.why}" if s.why else ""))
         js["stages"][name] = {"plan": p.action if p else None, "reason": p.reason if p else None,
                               "supports": [{"what": s.what, "supported": s.supported, "why": s.why} for s in sup]}
+    from adnanny import stages as pkg
+
+    for name in pkg.STAGE_ORDER:  # a flow stage whose module is not installed cannot run: say so
+        if name not in stages:
+            everything = False
+            why = f"no module adnanny.stages.{name} in this environment"
+            lines.append(f"\n{name}\n  [NOT YET] the `{name}` stage — {why}")
+            js["stages"][name] = {"plan": None, "reason": None,
+                                  "supports": [{"what": f"the `{name}` stage", "supported": False, "why": why}]}
     n_no = sum(1 for v in js["stages"].values() for s in v["supports"] if not s["supported"])
     n_all = sum(len(v["supports"]) for v in js["stages"].values())
     lines.append(f"\n{n_all - n_no} of {n_all} capabilities this config asks for are supported by the installed "
