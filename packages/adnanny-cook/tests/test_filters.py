@@ -125,3 +125,16 @@ def test_cross_input_consistency_flags_conflicting_rationales(minilm: Embedder) 
     flags = cross_input_flags([group_key("query_ad", {"query": q}) for q in queries], labels,
                               minilm.encode(rationales), min_sim=0.45)
     assert flags == [True, True, False, False]
+
+
+def test_repetition_reason_drops_loops_and_keeps_normal_traces():
+    from adnanny_cook.filters import repetition_reason, repetition_share
+
+    loop = Candidate("a", 0, 0, "v", "", "a", {}, reasoning="The query wants " + "best " * 40 + "shoes.")
+    fine = Candidate("b", 0, 0, "v", "", "b", {}, reasoning="The query asks for running shoes and the ad sells "
+                     "cushioned running shoes in the same city, so the ad matches the need.")
+    assert repetition_share("a b c a b c") == pytest.approx(1 / 4)  # grams abc bca cab abc: one repeat of four
+    assert repetition_share("too short") == 0.0
+    assert repetition_reason(loop, 0.3) == "repetition"
+    assert "repeat (max 30%)" in loop.detail and loop.scores["repetition"] > 0.8
+    assert repetition_reason(fine, 0.3) is None and fine.scores["repetition"] == 0.0

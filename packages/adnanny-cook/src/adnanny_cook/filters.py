@@ -29,7 +29,7 @@ from adnanny_cook.errors import ParseError
 from adnanny_cook.tasks import TaskSpec
 
 __all__ = ["Candidate", "DROP_REASONS", "boilerplate_reason", "contradiction_reason", "cross_input_flags",
-           "keyword_rules", "query_tokens",
+           "keyword_rules", "query_tokens", "repetition_reason", "repetition_share",
            "mmr_select", "schema_parse", "self_consistency", "stated_labels"]
 
 DROP_REASONS = ("schema", "contradiction", "boilerplate", "self_consistency", "verifier", "kw_broader",
@@ -115,6 +115,25 @@ def boilerplate_reason(c: Candidate, inp: Mapping[str, Any], min_overlap: int, m
     if words < min_words or len(overlap) < min_overlap:
         c.detail = f"{words} words, cites {len(overlap)} input words (need {min_words} / {min_overlap})"
         return "boilerplate"
+    return None
+
+
+def repetition_share(text: str, n: int = 3) -> float:
+    """Share of the word n-grams of `text` that repeat an earlier one (0.0 for texts of fewer than n words)."""
+    words = text.lower().split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_reason(c: Candidate, max_share: float, n: int = 3) -> str | None:
+    """Drop a trace caught in a repetition loop ("best best best ..."), a failure of small teachers and students:
+    more than `max_share` of its word n-grams repeat earlier ones. Why separate from `boilerplate_reason`: a loop
+    can still cite enough input words to pass that check."""
+    share = repetition_share(c.reasoning or "", n)
+    c.scores["repetition"] = share
+    if share > max_share:
+        c.detail = f"{share:.0%} of its word {n}-grams repeat (max {max_share:.0%})"
+        return "repetition"
     return None
 
 
