@@ -104,12 +104,14 @@ def test_dry_run_lists_supports_and_never_pretends(tmp_path: Path, toys: dict,
     text = capsys.readouterr().out
     assert "[would run: not run yet]" in text
     assert "[NOT YET] FP8 serving on vLLM — toy: no vLLM here" in text
-    assert "3 of 4 capabilities this config asks for are supported" in text
+    assert "[NOT YET] the `align` stage — no module adnanny.stages.align" in text  # toys: 3 of the 6 stages
+    assert "3 of 7 capabilities this config asks for are supported" in text
     assert not out.exists(), "a dry run writes nothing"
     assert main(["run", "--out", str(out), "--dry-run", "--label.fp8_supported", "true", "--json",
-                 "--config", str(_flow_toml(tmp_path))]) == 0
+                 "--config", str(_flow_toml(tmp_path))]) == 3
     js = json.loads(capsys.readouterr().out)
-    assert js["unsupported"] == 0 and js["stages"]["label"]["plan"] == "run"
+    assert all(s["supported"] for s in js["stages"]["label"]["supports"]) and js["stages"]["label"]["plan"] == "run"
+    assert js["unsupported"] == 3 and js["stages"]["distill"]["plan"] is None
 
 
 def test_console_script_help() -> None:
