@@ -48,14 +48,14 @@ def test_fp8_source_dequantized_exactly_and_requantized(tiny_fp8_dir, tmp_path):
     m = hf_to_mcore(tiny_fp8_dir, tmp_path / "m", pp=2, ep=2, progress=False)
     verify(m, tiny_fp8_dir, values=True)  # every megatron tensor == dequantized HF sources, bit for bit
     src = HFCheckpointReader(tiny_fp8_dir)
-    bf = mcore_to_hf(m, tmp_path / "bf16", progress=False)
+    bf = mcore_to_hf(m, tmp_path / "bf16", dtype="bf16", progress=False)
     rb = HFCheckpointReader(bf)
     assert not [n for n in rb.names() if n.endswith("_scale_inv")]
     for n in rb.names():
         assert torch.equal(rb.get(n), src.get_dequantized(n, rb.get(n).dtype)), n
     assert "quantization_config" not in json.loads((bf / "config.json").read_text())
 
-    f8 = mcore_to_hf(m, tmp_path / "fp8", fp8=True, progress=False)
+    f8 = mcore_to_hf(m, tmp_path / "fp8", progress=False)  # default: the source's format (FP8 here)
     rf = HFCheckpointReader(f8)
     assert rf.names() == src.names()  # same tensors, same scales, same BF16 list
     exact = 0
@@ -137,6 +137,36 @@ def test_legacy_reads_replicated_tensors_once_per_stage(tiny_fp8_dir, tmp_path):
     m = hf_to_mcore(tiny_fp8_dir, tmp_path / "m", pp=2, ep=4, ckpt_format="legacy", progress=False)
     assert json.loads((m / "adnanny_ckpt.json").read_text())["source_bytes_read"] == once
     assert verify(m, tiny_fp8_dir, values=True)["ok"]
-    rb = HFCheckpointReader(mcore_to_hf(m, tmp_path / "bf16", progress=False))
+    rb = HFCheckpointReader(mcore_to_hf(m, tmp_path / "bf16", dtype="bf16", progress=False))
     for n in rb.names():
         assert torch.equal(rb.get(n), src.get_dequantized(n, rb.get(n).dtype)), n
+
+
+@pytest.mark.parametrize("eh_proj", ["fp8", "bf16"])
+def test_each_tensor_keeps_the_format_the_source_stored(tiny_cfg, tmp_path, eh_proj):
+    """The MTP `eh_proj` is FP8 in some releases and BF16 in others: the reverse conversion reads the source's
+    headers (not a fixed list) and writes every tensor back in its format, scales included."""
+    from adnanny_ckpt.synthetic import write_synthetic_checkpoint
+
+    src_dir = write_synthetic_checkpoint(tmp_path / "src", tiny_cfg, dtype="fp8", seed=4,
+                                         bf16_names=("eh_proj.weight",) if eh_proj == "bf16" else ())
+    src = HFCheckpointReader(src_dir)
+    name = "model.layers.4.eh_proj.weight"
+    assert src.is_fp8(name) == (eh_proj == "fp8") and ((name + "_scale_inv") in src) == (eh_proj == "fp8")
+    m = hf_to_mcore(src_dir, tmp_path / "m", pp=2, ep=2, progress=False)
+    out = HFCheckpointReader(mcore_to_hf(m, tmp_path / "h", progress=False))
+    assert {n: out.info(n).dtype for n in out.names()} == {n: src.info(n).dtype for n in src.names()}
+    assert torch.equal(out.get_dequantized(name, torch.float32), src.get_dequantized(name, torch.float32)) or \
+        eh_proj == "fp8"  # BF16 is copied exactly; FP8 is re-quantized (bounded error, checked above)
+    # the source gone: the descriptor's record of the source formats is used
+    import shutil
+
+    shutil.rmtree(src_dir)
+    with pytest.raises(Exception, match="no longer exists: pass `tokenizer=DIR`"):
+        mcore_to_hf(m, tmp_path / "h2", progress=False)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    out2 = HFCheckpointReader(mcore_to_hf(m, tmp_path / "h2", tokenizer=tok, progress=False))
+    assert {n: out2.info(n).dtype for n in out2.names()} == {n: out.info(n).dtype for n in out.names()}
+    assert (tmp_path / "h2" / "tokenizer.json").is_file()

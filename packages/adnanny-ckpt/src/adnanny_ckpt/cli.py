@@ -2,7 +2,9 @@
 megatron-core checkpoints, plan parallel layouts, verify results.
 
     adnanny-ckpt hf-to-mcore --hf DIR --out DIR --pp 2 --ep 2 [--tp 1] [--te-names] [--format torch_dist|legacy]
-    adnanny-ckpt mcore-to-hf --mcore DIR --out DIR [--fp8] [--max-shard-size 5GB]
+        [--workers N]
+    adnanny-ckpt mcore-to-hf --mcore DIR --out DIR [--dtype source|bf16|fp8|float32] [--tokenizer DIR]
+        [--max-shard-size 5GB] [--workers N]
     adnanny-ckpt plan --config config.json --pp 31 --ep 8 --dp 8 [--json]
     adnanny-ckpt verify DIR [--hf DIR] [--values] [--json]
 
@@ -24,8 +26,8 @@ from adnanny_ckpt.errors import AdNannyCkptError
 __all__ = ["main", "build_parser"]
 
 _H2M_KEYS = {"hf", "out", "pp", "ep", "tp", "dp", "te_names", "format", "layer_map", "balance", "mtp",
-             "make_vocab_size_divisible_by", "iteration", "allow_pickle", "overwrite"}
-_M2H_KEYS = {"mcore", "out", "fp8", "max_shard_size", "overwrite"}
+             "make_vocab_size_divisible_by", "iteration", "allow_pickle", "overwrite", "workers"}
+_M2H_KEYS = {"mcore", "out", "fp8", "dtype", "tokenizer", "max_shard_size", "overwrite", "workers"}
 
 
 def _size(text: str) -> int:
@@ -68,14 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--iteration", type=int, help="write iter_XXXXXXX instead of release")
     h.add_argument("--allow-pickle", action="store_true", default=None, help="accept .bin/.pt inputs (unpickling!)")
     h.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out")
+    h.add_argument("--workers", type=int, help="processes converting ranks in parallel (default 1)")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h.add_argument("--json", action="store_true", help="print a JSON summary")
 
     m = sub.add_parser("mcore-to-hf", help="adnanny-ckpt megatron checkpoint -> HF safetensors")
     m.add_argument("--config", type=Path, help="TOML file with these options (flags override it)")
-    m.add_argument("--mcore", type=Path, help="directory written by hf-to-mcore")
+    m.add_argument("--mcore", type=Path, help="directory written by hf-to-mcore or saved by adnanny-megatron's backend")
     m.add_argument("--out", type=Path, help="output HF directory")
-    m.add_argument("--fp8", action="store_true", default=None, help="re-quantize to FP8 with 128x128 block scales")
+    m.add_argument("--dtype", choices=["source", "bf16", "fp8", "float32"],
+                   help="source (default: each tensor as the HF source stored it, FP8 or BF16), bf16, fp8, float32")
+    m.add_argument("--fp8", action="store_true", default=None, help="same as --dtype fp8")
+    m.add_argument("--tokenizer", type=Path, help="tokenizer dir (required when the checkpoint has no HF source)")
+    m.add_argument("--workers", type=int, help="processes writing shards in parallel (default 1)")
     m.add_argument("--max-shard-size", type=_size, help="max bytes per safetensors shard, e.g. 5GB (default)")
     m.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -184,7 +191,10 @@ def _run(args: argparse.Namespace) -> int:
         for k in ("mcore", "out"):
             if k not in cfg:
                 raise AdNannyCkptError(f"`--{k}` is required (flag or key in `--config`).")
-        kw: dict[str, Any] = {"fp8": bool(cfg.get("fp8", False)), "overwrite": bool(cfg.get("overwrite", False))}
+        kw: dict[str, Any] = {"fp8": bool(cfg.get("fp8", False)), "overwrite": bool(cfg.get("overwrite", False)),
+                              "dtype": cfg.get("dtype", "source"), "workers": int(cfg.get("workers", 1))}
+        if cfg.get("tokenizer") is not None:
+            kw["tokenizer"] = Path(cfg["tokenizer"])
         if "max_shard_size" in cfg:
             kw["max_shard_bytes"] = _size(cfg["max_shard_size"])
         res = mcore_to_hf(Path(cfg["mcore"]), Path(cfg["out"]), progress=not args.no_progress, **kw)

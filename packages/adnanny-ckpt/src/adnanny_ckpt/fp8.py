@@ -32,7 +32,15 @@ from adnanny_ckpt.errors import CheckpointFormatError
 if TYPE_CHECKING:  # torch stays a lazy import
     import torch
 
-__all__ = ["FP8_MAX", "BLOCK", "dequantize_blocks", "quantize_blocks", "keeps_bf16", "scale_inv_name", "scale_shape"]
+__all__ = ["FP8_QUANTIZATION_CONFIG", "FP8_MAX", "BLOCK", "dequantize_blocks", "quantize_blocks", "keeps_bf16", "scale_inv_name", "scale_shape"]
+
+#: DeepSeek's ``quantization_config`` (written into config.json of FP8 outputs that have none)
+FP8_QUANTIZATION_CONFIG = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "weight_block_size": [128, 128],
+}
 
 FP8_MAX = 448.0
 """Largest finite ``float8_e4m3fn`` value."""

@@ -48,6 +48,7 @@ from adnanny_ckpt.names import (
     mtp_shared_hf_names,
 )
 from adnanny_ckpt.safetensors_io import HFCheckpointReader, atomic_write_bytes, atomic_write_json, file_sha256, fsync_dir
+from adnanny_ckpt.records import RecordDir
 from adnanny_ckpt.torch_dist import write_common, write_global_metadata, write_rank_file
 from adnanny_ckpt.shards import Chunk, check_tp, fuse, global_rank, padded_vocab_size, rank_chunks, rank_name
 
@@ -78,8 +79,11 @@ class ConvertOptions:
     allow_pickle: bool = False
     overwrite: bool = False
     progress: bool = True
+    workers: int = 1  # processes converting ranks in parallel (each bounded in memory as one)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise LayoutError(f"`workers` must be a positive integer; got {self.workers!r}.")
         if self.ckpt_format not in ("torch_dist", "legacy"):
             raise LayoutError(f"`ckpt_format` must be 'torch_dist' or 'legacy'; got {self.ckpt_format!r}.")
         if self.mtp not in ("copy", "drop"):
@@ -277,7 +281,8 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
     padded = padded_vocab_size(spec.vocab_size, opts.make_vocab_size_divisible_by, opts.tp)
     src = _Source(reader, spec, padded, block)  # type: ignore[arg-type]
 
-    opt_record = {k: v for k, v in opts.__dict__.items() if k not in ("progress", "overwrite", "allow_pickle")}
+    opt_record = {k: v for k, v in opts.__dict__.items()
+                  if k not in ("progress", "overwrite", "allow_pickle", "workers")}
     fp = _fingerprint(reader, opt_record)
     stage = out.with_name(out.name + ".partial")
     manifest_path = stage / MANIFEST_NAME
@@ -294,120 +299,226 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
         stage.mkdir(parents=True)
         manifest = {
             "format": "adnanny-ckpt/mcore", "format_version": FORMAT_VERSION, "fingerprint": fp,
+            "saved_by": "adnanny-ckpt", "iteration_dir": iteration_dir_name(opts.iteration),
             "source": str(Path(hf).resolve()), "options": opt_record, "layout": layout.to_dict(),
+            "hf_dtypes": {n: reader.info(n).dtype for n in reader.names() if not n.endswith("_scale_inv")},
+            "hf_block": list(block),
             "hf_config": cfg, "padded_vocab_size": padded, "mtp_copied": mtp,
             "hf_fp8": any(reader.is_fp8(n) for n in reader.names()), "dropped_hf_tensors": book["dropped"],
             "shared_hf_tensors": [list(x) for x in book["shared"]] if mtp else [],
             "param_dtypes": {p.name: str(src.dtype(p)).removeprefix("torch.") for p in params},
             "ranks": {}, "complete": False,
         }
-        atomic_write_json(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)  # written once here and once at the end (records in between)
+    reader.close()
     ckpt_dir = stage / iteration_dir_name(opts.iteration)
     ckpt_dir.mkdir(exist_ok=True)
+    records = RecordDir(stage)
 
     if opts.ckpt_format == "legacy":  # EP innermost: consecutive ranks share the replicated (dense) tensors
         ranks = [(p, e, t) for p in range(layout.pp) for t in range(layout.tp) for e in range(layout.ep)]
     else:
         ranks = [(p, e, t) for p in range(layout.pp) for e in range(layout.ep) for t in range(layout.tp)]
-    replicated: dict[str, torch.Tensor] = {}  # legacy: the previous rank's non-expert tensors, reused across EP
-    replicated_sig: tuple[Any, ...] | None = None
-    owner_only = opts.ckpt_format == "torch_dist"
+    todo = [r for r in ranks if records.get(_rank_key(layout, *r),
+                                            ckpt_dir / _rank_rel(layout, opts.ckpt_format, *r)) is None]
     t0 = time.time()
-    bar = tqdm(ranks, desc="hf-to-mcore", unit="rank", disable=not opts.progress)
-    for pp_rank, ep_rank, tp_rank in bar:
-        rid = global_rank(layout, pp_rank, ep_rank, tp_rank)
-        chunks = rank_chunks(spec, params, layout, pp_rank, ep_rank, tp_rank, te_names=opts.te_names,
-                             padded_vocab=padded, owner_only=owner_only)
-        if opts.ckpt_format == "torch_dist":
-            rel = f"__{rid}_0.distcp"
-        else:
-            rel = f"{rank_name(layout, pp_rank, ep_rank, tp_rank)}/model_optim_rng.pt"
-        done = manifest["ranks"].get(str(rid))
-        path = ckpt_dir / rel
-        if done and path.exists() and path.stat().st_size == done["bytes"] and file_sha256(path) == done["sha256"]:
-            continue
-        record: dict[str, Any] = {"file": rel, "pp": pp_rank, "ep": ep_rank, "tp": tp_rank}
-        if not chunks:
-            if opts.ckpt_format == "torch_dist":  # a rank with nothing to own (e.g. an EP replica) writes no file
-                manifest["ranks"][str(rid)] = {**record, "file": None, "bytes": 0, "sha256": None, "chunks": []}
-                atomic_write_json(manifest_path, manifest)
-                continue
-        if opts.ckpt_format == "torch_dist":
-            items = [(c.key, c.global_shape, c.offsets, c.sizes, src.dtype(c.param)) for c in chunks]
+    job = _Job(hf=str(hf), stage=str(stage), opts=dict(opts.__dict__), layout=layout.to_dict(), padded=padded,
+               block=block)
+    bytes_read = _run_jobs(job, todo, opts.workers, opts.ckpt_format, records, progress=opts.progress,
+                           total=len(ranks))
 
-            def produce(i: int, chunks: list[Chunk] = chunks) -> "torch.Tensor":
-                c = chunks[i]
-                return src.piece(c).reshape(c.sizes)
-
-            storage = write_rank_file(ckpt_dir, rid, items, produce)
-            record["chunks"] = [
-                {"key": c.key, "shape": list(c.global_shape), "offsets": list(c.offsets), "sizes": list(c.sizes),
-                 "dtype": str(src.dtype(c.param)).removeprefix("torch."), **{k: s[k] for k in ("file", "offset", "length")}}
-                for c, s in zip(chunks, _align(chunks, storage))
-            ]
-        else:
-            # Non-expert (replicated) tensors are identical on every EP rank of a (PP, TP) position: read and
-            # dequantize them once and hand the same tensors to each EP rank's file, instead of once per EP rank.
-            # They are already part of one rank's state dict, so reusing them adds no memory.
-            sig = (pp_rank, tp_rank, tuple((c.local_name, c.part, c.rows, c.cols) for c in chunks
-                                           if c.param.expert is None))
-            if sig != replicated_sig:
-                replicated, replicated_sig = {}, None
-            sd: dict[str, torch.Tensor] = {}
-            for c in chunks:
-                if c.param.expert is None and c.local_name in replicated:
-                    sd[c.local_name] = replicated[c.local_name]
-                    continue
-                piece = src.piece(c).clone()
-                # glu under TP: the rank's linear_fc1 is [gate_r; up_r] (part 0, then part 1)
-                sd[c.local_name] = piece if c.part == 0 else torch.cat([sd[c.local_name], piece])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as fh:
-                hw = _HashingWriter(fh)  # the manifest's SHA-256 as the bytes go out: no re-read of the file
-                torch.save({"model": sd, "checkpoint_version": 3.0, "iteration": opts.iteration or 0,
-                            "adnanny_ckpt": {"pp": pp_rank, "ep": ep_rank, "tp": tp_rank}}, hw)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            record["sha256"] = hw.sha256.hexdigest()
-            record["tensors"] = {k: list(v.shape) for k, v in sd.items()}
-            replicated = {c.local_name: sd[c.local_name] for c in chunks if c.param.expert is None}
-            replicated_sig = sig
-            del sd
-        record["bytes"] = path.stat().st_size
-        if "sha256" not in record:
-            record["sha256"] = file_sha256(path)
-        manifest["ranks"][str(rid)] = record
-        atomic_write_json(manifest_path, manifest)
-        bar.set_postfix(read_gb=f"{src.bytes_read / 1e9:.2f}")
-    bar.close()
-
+    manifest["ranks"] = {}
+    for key, rec in records.all().items():
+        if key.startswith("rank_"):
+            manifest["ranks"][key.removeprefix("rank_")] = rec
     if opts.ckpt_format == "torch_dist":
+        import torch
+
         tensors: dict[str, Any] = {}
-        records = []
+        recs = []
         for r in manifest["ranks"].values():
             for c in r.get("chunks", []):
                 entry = tensors.setdefault(c["key"], (tuple(c["shape"]), getattr(torch, c["dtype"]), []))
                 entry[2].append((tuple(c["offsets"]), tuple(c["sizes"])))
-                records.append(c)
-        write_global_metadata(ckpt_dir, tensors, records)
+                recs.append(c)
+        write_global_metadata(ckpt_dir, tensors, recs)
         write_common(ckpt_dir, {"checkpoint_version": 3.0, "iteration": opts.iteration or 0,
                                 "adnanny_ckpt": {"layout": layout.to_dict(), "te_names": opts.te_names}})
     tracker = "release" if opts.iteration is None else str(opts.iteration)
     atomic_write_bytes(stage / "latest_checkpointed_iteration.txt", tracker.encode())
     manifest["complete"] = True
     manifest["seconds"] = round(time.time() - t0, 3)
-    manifest["source_bytes_read"] = src.bytes_read
-    replicated.clear()
+    manifest["source_bytes_read"] = bytes_read
+    manifest["workers"] = opts.workers
+    manifest["resume_rehashed_files"] = records.rehashed
     atomic_write_json(manifest_path, manifest)
+    shutil.rmtree(records.path, ignore_errors=True)  # the manifest now holds every record
     fsync_dir(ckpt_dir)
     if out.exists():
         shutil.rmtree(out)
     os.rename(stage, out)
     fsync_dir(out.parent)
-    reader.close()
     return out
+
+
+def _rank_key(layout: ParallelLayout, pp_rank: int, ep_rank: int, tp_rank: int) -> str:
+    return f"rank_{global_rank(layout, pp_rank, ep_rank, tp_rank)}"
+
+
+def _rank_rel(layout: ParallelLayout, fmt: str, pp_rank: int, ep_rank: int, tp_rank: int) -> str:
+    if fmt == "torch_dist":
+        return f"__{global_rank(layout, pp_rank, ep_rank, tp_rank)}_0.distcp"
+    return f"{rank_name(layout, pp_rank, ep_rank, tp_rank)}/model_optim_rng.pt"
+
+
+@dataclass
+class _Job:
+    """What a worker process needs to convert its ranks (plain values: it is pickled to spawned workers)."""
+
+    hf: str
+    stage: str
+    opts: dict[str, Any]
+    layout: dict[str, Any]
+    padded: int
+    block: tuple[int, int]
+
+
+def _groups(todo: list[tuple[int, int, int]], fmt: str, workers: int) -> list[list[tuple[int, int, int]]]:
+    """Split the ranks to do over ``workers`` processes.
+
+    Legacy ranks of one (PP, TP) position stay together (they share the replicated tensors, read once); groups
+    are dealt round-robin so the heavier first/last stages do not all land on one worker.
+    """
+    blocks: list[list[tuple[int, int, int]]] = []
+    for r in todo:
+        if fmt == "legacy" and blocks and (blocks[-1][0][0], blocks[-1][0][2]) == (r[0], r[2]):
+            blocks[-1].append(r)
+        else:
+            blocks.append([r])
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(max(1, min(workers, len(blocks))))]
+    for i, b in enumerate(blocks):
+        out[i % len(out)].extend(b)
+    return out
+
+
+def _run_jobs(job: _Job, todo: list[tuple[int, int, int]], workers: int, fmt: str, records: RecordDir, *,
+              progress: bool, total: int) -> int:
+    """Convert ``todo`` in this process (``workers`` = 1) or in ``workers`` spawned processes; bytes read."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=total - len(todo), desc="hf-to-mcore", unit="rank", disable=not progress)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            return _convert_ranks(job, todo, bar)
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+        parts = _groups(todo, fmt, workers)
+        # spawn, not fork: a forked torch process can deadlock on locks held by the parent's threads
+        with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_convert_ranks, job, part, None) for part in parts]
+            pending = set(futs)
+            while pending:
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                bar.n = sum(1 for k in records.all() if k.startswith("rank_"))
+                bar.refresh()
+                for f in done:
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise f.exception()  # type: ignore[misc]
+            return sum(f.result() for f in futs)
+    finally:
+        bar.close()
+
+
+def _convert_ranks(job: _Job, ranks: list[tuple[int, int, int]], bar: Any) -> int:
+    """Write the rank files of ``ranks`` and their records (runs in the caller or in a worker process).
+
+    Memory: one fused parameter (the source cache) plus, for legacy files, one rank's state dict — per worker.
+    """
+    import torch
+
+    opts = ConvertOptions(**{**job.opts, "progress": False})
+    layout = ParallelLayout.from_dict(job.layout)
+    reader = HFCheckpointReader(job.hf, allow_pickle=opts.allow_pickle)
+    try:
+        spec = model_spec_from_hf_config(reader.config(), str(Path(job.hf) / "config.json"))
+        mtp = opts.mtp == "copy" and spec.num_mtp_layers > 0
+        params = mcore_params(spec, te_names=opts.te_names, mtp=mtp)
+        src = _Source(reader, spec, job.padded, tuple(job.block))  # type: ignore[arg-type]
+        stage = Path(job.stage)
+        records = RecordDir(stage)
+        ckpt_dir = stage / iteration_dir_name(opts.iteration)
+        owner_only = opts.ckpt_format == "torch_dist"
+        replicated: dict[str, torch.Tensor] = {}  # legacy: the previous rank's non-expert tensors, reused across EP
+        replicated_sig: tuple[Any, ...] | None = None
+        for pp_rank, ep_rank, tp_rank in ranks:
+            rid = global_rank(layout, pp_rank, ep_rank, tp_rank)
+            key = _rank_key(layout, pp_rank, ep_rank, tp_rank)
+            chunks = rank_chunks(spec, params, layout, pp_rank, ep_rank, tp_rank, te_names=opts.te_names,
+                                 padded_vocab=job.padded, owner_only=owner_only)
+            rel = _rank_rel(layout, opts.ckpt_format, pp_rank, ep_rank, tp_rank)
+            path = ckpt_dir / rel
+            record: dict[str, Any] = {"file": rel, "pp": pp_rank, "ep": ep_rank, "tp": tp_rank}
+            if not chunks and opts.ckpt_format == "torch_dist":  # nothing to own (e.g. an EP replica): no file
+                records.put(key, {**record, "file": None, "bytes": 0, "sha256": None, "chunks": []}, None)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if opts.ckpt_format == "torch_dist":
+                items = [(c.key, c.global_shape, c.offsets, c.sizes, src.dtype(c.param)) for c in chunks]
+
+                def produce(i: int, chunks: list[Chunk] = chunks) -> "torch.Tensor":
+                    c = chunks[i]
+                    return src.piece(c).reshape(c.sizes)
+
+                storage = write_rank_file(ckpt_dir, rid, items, produce)
+                record["chunks"] = [
+                    {"key": c.key, "shape": list(c.global_shape), "offsets": list(c.offsets),
+                     "sizes": list(c.sizes), "dtype": str(src.dtype(c.param)).removeprefix("torch."),
+                     **{k: s[k] for k in ("file", "offset", "length")}}
+                    for c, s in zip(chunks, _align(chunks, storage))
+                ]
+            else:
+                # Non-expert (replicated) tensors are identical on every EP rank of a (PP, TP) position: read and
+                # dequantize them once and hand the same tensors to each EP rank's file, instead of once per EP
+                # rank. They are already part of one rank's state dict, so reusing them adds no memory.
+                sig = (pp_rank, tp_rank, tuple((c.local_name, c.part, c.rows, c.cols) for c in chunks
+                                               if c.param.expert is None))
+                if sig != replicated_sig:
+                    replicated, replicated_sig = {}, None
+                sd: dict[str, torch.Tensor] = {}
+                for c in chunks:
+                    if c.param.expert is None and c.local_name in replicated:
+                        sd[c.local_name] = replicated[c.local_name]
+                        continue
+                    piece = src.piece(c).clone()
+                    # glu under TP: the rank's linear_fc1 is [gate_r; up_r] (part 0, then part 1)
+                    sd[c.local_name] = piece if c.part == 0 else torch.cat([sd[c.local_name], piece])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                with open(tmp, "wb") as fh:
+                    hw = _HashingWriter(fh)  # the record's SHA-256 as the bytes go out: no re-read of the file
+                    torch.save({"model": sd, "checkpoint_version": 3.0, "iteration": opts.iteration or 0,
+                                "adnanny_ckpt": {"pp": pp_rank, "ep": ep_rank, "tp": tp_rank}}, hw)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+                record["sha256"] = hw.sha256.hexdigest()
+                record["tensors"] = {k: list(v.shape) for k, v in sd.items()}
+                replicated = {c.local_name: sd[c.local_name] for c in chunks if c.param.expert is None}
+                replicated_sig = sig
+                del sd
+            records.put(key, record, path)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(read_gb=f"{src.bytes_read / 1e9:.2f}")
+        replicated.clear()
+        return src.bytes_read
+    finally:
+        reader.close()
+
 
 
 def _align(chunks: list[Chunk], storage: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -416,12 +527,24 @@ def _align(chunks: list[Chunk], storage: list[dict[str, Any]]) -> list[dict[str,
 
 
 def load_manifest(mcore_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The descriptor of a megatron checkpoint written by ``hf_to_mcore`` or saved by adnanny-megatron's backend
+    (:mod:`adnanny_ckpt.descriptor`); ``mcore_dir`` may also be the iteration folder of an hf_to_mcore output."""
     p = Path(mcore_dir) / MANIFEST_NAME
+    if not p.exists() and (Path(mcore_dir).parent / MANIFEST_NAME).exists():
+        m = json.loads((Path(mcore_dir).parent / MANIFEST_NAME).read_text())
+        if m.get("iteration_dir", iteration_dir_name((m.get("options") or {}).get("iteration"))) == Path(mcore_dir).name:
+            p = Path(mcore_dir).parent / MANIFEST_NAME
     if not p.exists():
+        if (Path(mcore_dir) / "metadata.json").exists():
+            raise CheckpointFormatError(
+                f"`{p}` is missing: `{mcore_dir}` is a megatron dist checkpoint without adnanny-ckpt's descriptor "
+                "(saved by an older adnanny-megatron, or by another tool); save it again with "
+                "adnanny-megatron's backend, which writes the descriptor.")
         partial = Path(str(mcore_dir) + ".partial")
         hint = f" (an unfinished conversion is in `{partial}`; rerun hf-to-mcore to resume it)" if partial.exists() else ""
         raise CheckpointFormatError(f"`{p}` is missing: `{mcore_dir}` is not an adnanny-ckpt megatron checkpoint{hint}.")
     m = json.loads(p.read_text())
+    m["_root"] = str(p.parent)
     if not m.get("complete"):
         raise CheckpointFormatError(f"`{p}` says the conversion did not finish; rerun hf-to-mcore to resume it.")
     return m

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adnanny_ckpt.errors import ConfigMismatchError
+from adnanny_ckpt.fp8 import FP8_QUANTIZATION_CONFIG
+from adnanny_ckpt.inventory import hf_tensor_shapes
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["tiny_deepseek_v3_config", "deepseek_v3_config", "hf_tensor_shapes", "write_synthetic_checkpoint"]
 
-FP8_QUANTIZATION_CONFIG = {
-    "activation_scheme": "dynamic",
-    "fmt": "e4m3",
-    "quant_method": "fp8",
-    "weight_block_size": [128, 128],
-}
 
 
 def deepseek_v3_config() -> dict[str, Any]:
@@ -156,73 +151,6 @@ def tiny_deepseek_v3_config(
     return cfg
 
 
-# ------------------------------------------------------------------------------------------ tensor inventory
-def _attn_shapes(c: dict[str, Any], p: str) -> Iterator[tuple[str, tuple[int, ...]]]:
-    h, nh = c["hidden_size"], c["num_attention_heads"]
-    qk = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
-    yield f"{p}input_layernorm.weight", (h,)
-    if c.get("q_lora_rank"):
-        yield f"{p}self_attn.q_a_proj.weight", (c["q_lora_rank"], h)
-        yield f"{p}self_attn.q_a_layernorm.weight", (c["q_lora_rank"],)
-        yield f"{p}self_attn.q_b_proj.weight", (nh * qk, c["q_lora_rank"])
-    else:
-        yield f"{p}self_attn.q_proj.weight", (nh * qk, h)
-    yield f"{p}self_attn.kv_a_proj_with_mqa.weight", (c["kv_lora_rank"] + c["qk_rope_head_dim"], h)
-    yield f"{p}self_attn.kv_a_layernorm.weight", (c["kv_lora_rank"],)
-    yield f"{p}self_attn.kv_b_proj.weight", (nh * (c["qk_nope_head_dim"] + c["v_head_dim"]), c["kv_lora_rank"])
-    yield f"{p}self_attn.o_proj.weight", (h, nh * c["v_head_dim"])
-    yield f"{p}post_attention_layernorm.weight", (h,)
-
-
-def _mlp_shapes(c: dict[str, Any], p: str, layer: int) -> Iterator[tuple[str, tuple[int, ...]]]:
-    h = c["hidden_size"]
-    if layer < c.get("first_k_dense_replace", 0):
-        f = c["intermediate_size"]
-        yield f"{p}mlp.gate_proj.weight", (f, h)
-        yield f"{p}mlp.up_proj.weight", (f, h)
-        yield f"{p}mlp.down_proj.weight", (h, f)
-        return
-    f, e = c["moe_intermediate_size"], c["n_routed_experts"]
-    yield f"{p}mlp.gate.weight", (e, h)
-    yield f"{p}mlp.gate.e_score_correction_bias", (e,)
-    for j in range(e):
-        yield f"{p}mlp.experts.{j}.gate_proj.weight", (f, h)
-        yield f"{p}mlp.experts.{j}.up_proj.weight", (f, h)
-        yield f"{p}mlp.experts.{j}.down_proj.weight", (h, f)
-    if c.get("n_shared_experts"):
-        fs = f * c["n_shared_experts"]
-        yield f"{p}mlp.shared_experts.gate_proj.weight", (fs, h)
-        yield f"{p}mlp.shared_experts.up_proj.weight", (fs, h)
-        yield f"{p}mlp.shared_experts.down_proj.weight", (h, fs)
-
-
-def hf_tensor_shapes(config: dict[str, Any], *, include_mtp: bool = True) -> dict[str, tuple[int, ...]]:
-    """Every (unquantized) tensor name of a DeepSeek-V3-style HF checkpoint and its shape, in file order."""
-    c = config
-    h, v = c["hidden_size"], c["vocab_size"]
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    n = c["num_hidden_layers"]
-    for i in range(n):
-        p = f"model.layers.{i}."
-        out.update(_attn_shapes(c, p))
-        out.update(_mlp_shapes(c, p, i))
-    if include_mtp:
-        for k in range(c.get("num_nextn_predict_layers", 0) or 0):
-            p = f"model.layers.{n + k}."
-            out[f"{p}embed_tokens.weight"] = (v, h)
-            out[f"{p}enorm.weight"] = (h,)
-            out[f"{p}hnorm.weight"] = (h,)
-            out[f"{p}eh_proj.weight"] = (h, 2 * h)
-            out.update(_attn_shapes(c, p))
-            out.update(_mlp_shapes(c, p, n + k))
-            out[f"{p}shared_head.norm.weight"] = (h,)
-            out[f"{p}shared_head.head.weight"] = (v, h)
-    out["model.norm.weight"] = (h,)
-    if not c.get("tie_word_embeddings", False):
-        out["lm_head.weight"] = (v, h)
-    return out
-
-
 def _random_tensor(name: str, shape: tuple[int, ...], gen: "torch.Generator") -> "torch.Tensor":
     import torch
 
@@ -273,6 +201,7 @@ def write_synthetic_checkpoint(
     max_shard_bytes: int = 64 << 20,
     *,
     fast_fp8: bool = False,
+    bf16_names: tuple[str, ...] = (),
 ) -> Path:
     """Write random weights for ``config`` as a real HF checkpoint dir (config.json, shards, index).
 
@@ -281,6 +210,10 @@ def write_synthetic_checkpoint(
     directly instead — same format, used by the GB-sized benchmarks); everything else as in DeepSeek's release.
     ``dtype="bf16"``: all BF16 (``e_score_correction_bias`` FP32), no ``quantization_config``.
     Deterministic in ``seed``; streams one tensor at a time.
+
+    ``bf16_names``: name suffixes stored in BF16 even in an FP8 checkpoint (e.g. ``("eh_proj.weight",)``): releases
+    differ in which projections they quantize (the MTP ``eh_proj`` is FP8 in some, BF16 in others), and
+    conversion must follow what the files say, so tests write both forms.
     """
     import torch
 
@@ -302,7 +235,7 @@ def write_synthetic_checkpoint(
     with ShardedSafetensorsWriter(out, max_shard_bytes=max_shard_bytes) as w:
         for name, shape in hf_tensor_shapes(cfg).items():
             gen = _generator(seed, _seed_name(name, n_layers))
-            if dtype == "fp8" and not keeps_bf16(name):
+            if dtype == "fp8" and not keeps_bf16(name) and not name.endswith(tuple(bf16_names)):
                 if fast_fp8:
                     q, s = _random_fp8(shape, gen)
                 else:

@@ -375,11 +375,14 @@ class MegatronBackend:
         }
 
     def save(self, directory: str | Path) -> None:
-        """Write a torch_dist checkpoint (model + optimizer + step) into ``directory`` atomically."""
+        """Write a torch_dist checkpoint (model + optimizer + step) into ``directory`` atomically, with
+        adnanny-ckpt's descriptor ``adnanny_ckpt.json`` (so ``adnanny-ckpt mcore-to-hf`` converts it back)."""
         import torch.distributed as dist
         from megatron.core import dist_checkpointing
 
         from adnanny_megatron.checkpoint import atomic_dist_dir
+
+        from adnanny_megatron.checkpoint import write_save_descriptor
 
         with atomic_dist_dir(directory) as tmp:
             sd = self._sharded_state_dict(is_loading=False)
@@ -387,6 +390,9 @@ class MegatronBackend:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dist_checkpointing.save(sd, str(tmp))
+            # adnanny-ckpt's descriptor (layout, architecture, HF source): `adnanny-ckpt mcore-to-hf` reads it
+            write_save_descriptor(tmp, spec=self.spec, module=self.model[0], step=self.step,
+                                  loaded_from=getattr(self, "weights_from", None))
         dist.barrier()
 
     def load(self, directory: str | Path) -> None:
@@ -408,6 +414,7 @@ class MegatronBackend:
             self.model[0].module.load_state_dict(loaded["model"], strict=False)
             self.optimizer.load_state_dict(loaded["optimizer"])
         self.step = int(loaded.get("adnanny", {}).get("step", 0))
+        self.weights_from = path  # the next save's descriptor names the HF source this checkpoint came from
         self._restore_adam_step()
         self._apply_lr()
 
@@ -464,4 +471,5 @@ class MegatronBackend:
                     f"it with `make_vocab_size_divisible_by={rule}` (provider.checkpoint_vocab_rule reads it)"
                 )
         load_model_weights(self.model[0].module, directory)
+        self.weights_from = Path(directory)  # save()'s descriptor names the HF source of these weights
         self.optimizer.reload_model_params()  # bf16: refresh the fp32 main params from the new weights
