@@ -155,14 +155,16 @@ def file_sha256(path: Path) -> str:
 
 
 def hash_tree(folder: str | os.PathLike[str]) -> str:
-    """sha256 over a folder's files (sorted relative paths + contents), bookkeeping files left out."""
+    """sha256 over a folder's files (sorted relative paths + contents), bookkeeping files left out: the stage's
+    own manifest.json and stage.log, every package's `.adnanny.lock` (it records a PID), temp files."""
     root = Path(folder)
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if not p.is_file() or p.is_symlink() and not p.exists():
             continue
-        if rel.parts[0] in _BOOKKEEPING or any(part.startswith(".") and part.endswith(".tmp") for part in rel.parts):
+        if rel.parts[0] in _BOOKKEEPING or p.name == ".adnanny.lock" or \
+                any(part.startswith(".") and part.endswith(".tmp") for part in rel.parts):
             continue
         h.update(str(rel.as_posix()).encode() + b"\0" + file_sha256(p).encode() + b"\n")
     return h.hexdigest()
