@@ -34,17 +34,17 @@ check them against a reference computed from the logits):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from adnanny_sft.errors import DataError
 
 if TYPE_CHECKING:  # torch stays out of `import adnanny_sft`
     import torch
 
-__all__ = ["Batch", "TrainingBackend"]
+__all__ = ["BackendScorer", "BackendView", "Batch", "TrainingBackend", "pad_batch"]
 
 
 @dataclass
@@ -169,3 +169,88 @@ class TrainingBackend(Protocol):
     def load(self, directory: str | Path) -> None:
         """Restore what ``save`` wrote; raises an ``AdNannySftError`` naming the missing/incompatible file."""
         ...
+
+
+# ---------------------------------------------------------------------------------------- any backend
+def pad_batch(batch: Batch, multiple: int) -> Batch:
+    """``batch`` with rows appended (copies of row 0, no loss, weight 0) up to a multiple of ``multiple``: a
+    data-parallel backend splits a batch evenly; the extra rows change no returned value of the real rows."""
+    import torch
+
+    extra = (-batch.size) % max(1, multiple)
+    if not extra:
+        return batch
+
+    def rep(t: torch.Tensor, zero: bool) -> torch.Tensor:
+        add = t[:1].expand(extra, *t.shape[1:]).clone()
+        return torch.cat([t, torch.zeros_like(add) if zero else add])
+
+    return Batch(input_ids=rep(batch.input_ids, False), attention_mask=rep(batch.attention_mask, False),
+                 loss_mask=rep(batch.loss_mask, True), sample_weights=rep(batch.sample_weights, True))
+
+
+class BackendScorer:
+    """Forward-only label-value probabilities through the protocol's ``token_logprobs`` — for backends that
+    have no HF model to call (a pipeline-sharded Megatron model).
+
+    ``adnanny_sft.scoring.value_probs(model, plans)`` hands the plans to :meth:`value_probs` when ``model`` is
+    one of these. For each plan (the prompt + open tag, and one candidate token per allowed value) it scores the
+    sequences ``context + [candidate]`` — log p(candidate | context), one forward pass each, no decoding — and
+    renormalises over the values: exactly the softmax over the candidates' logits at the context's last
+    position that the HF path reads (log p_v - logsumexp_u log p_u). Every rank of a distributed backend runs
+    the same calls (they are collectives) and gets the same numbers.
+    """
+
+    def __init__(self, backend: TrainingBackend, *, pad_id: int = 0) -> None:
+        self.backend = backend
+        self.pad_id = int(pad_id)
+        self.multiple = int(getattr(backend, "dp_size", 1) or 1)
+
+    def value_probs(self, plans: Sequence[Any], *, batch_size: int = 32) -> list[dict[Any, float]]:
+        import torch
+
+        seqs: list[list[int]] = []
+        owner: list[tuple[int, Any]] = []
+        for i, plan in enumerate(plans):
+            for v, tok in plan.candidates.items():
+                seqs.append([*plan.context, int(tok)])
+                owner.append((i, v))
+        logp = [0.0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+        for k in range(0, len(order), max(1, batch_size)):
+            idx = order[k:k + batch_size]
+            t = max(len(seqs[j]) for j in idx)
+            ids = torch.full((len(idx), t), self.pad_id, dtype=torch.long)
+            attn = torch.zeros((len(idx), t), dtype=torch.long)
+            mask = torch.zeros((len(idx), t), dtype=torch.float32)
+            for r, j in enumerate(idx):
+                n = len(seqs[j])
+                ids[r, :n] = torch.tensor(seqs[j])
+                attn[r, :n] = 1
+                mask[r, n - 1] = 1.0  # the candidate token, predicted from the context
+            batch = pad_batch(Batch(input_ids=ids, attention_mask=attn, loss_mask=mask,
+                                    sample_weights=torch.zeros(len(idx))), self.multiple)
+            lp = self.backend.token_logprobs(batch)[:len(idx)]
+            for r, j in enumerate(idx):
+                logp[j] = float(lp[r, len(seqs[j]) - 1])
+        per: list[dict[Any, float]] = [{} for _ in plans]
+        for (i, v), x in zip(owner, logp, strict=True):
+            per[i][v] = x
+        out: list[dict[Any, float]] = []
+        for d in per:
+            vals = torch.tensor(list(d.values()), dtype=torch.float64)
+            p = torch.softmax(vals, dim=0).tolist()
+            out.append(dict(zip(d, p, strict=True)))
+        return out
+
+
+class BackendView:
+    """The backend as the evaluator sees it: ``model`` is a :class:`BackendScorer`, and ``per_sample_nll``
+    pads each batch to the backend's data-parallel multiple (the evaluator's last chunk may be short)."""
+
+    def __init__(self, backend: TrainingBackend, scorer: BackendScorer) -> None:
+        self.backend = backend
+        self.model = scorer
+
+    def per_sample_nll(self, batch: Batch) -> torch.Tensor:
+        return self.backend.per_sample_nll(pad_batch(batch, self.model.multiple))[:batch.size]

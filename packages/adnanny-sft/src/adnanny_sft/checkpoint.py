@@ -5,6 +5,10 @@ scheduler), ``trainer_state.json`` (step, sampler state with its RNG, instance a
 config) and ``rng.pt`` (torch's CPU RNG). It is written under a temporary name and renamed only when
 complete, so a crash mid-save leaves the previous checkpoint as the latest; a directory without
 ``trainer_state.json`` is never picked up.
+
+A distributed backend (Megatron) saves collectively: every rank writes its shards into the same temporary
+directory (a name without a PID, agreed by all ranks), and rank 0 alone adds the trainer state, renames and
+prunes, between barriers.
 """
 
 from __future__ import annotations
@@ -27,31 +31,53 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step-{step:08d}"
 
 
-def save_checkpoint(output_dir: str | Path, step: int, backend: Any, state: dict[str, Any], *, keep: int) -> Path:
-    """Write a checkpoint for ``step`` atomically and prune all but the ``keep`` most recent ones."""
+def _dist() -> tuple[int, Any]:
+    """(rank, torch.distributed or None) — None when no process group is running (one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist
+    return 0, None
+
+
+def save_checkpoint(output_dir: str | Path, step: int, backend: Any, state: dict[str, Any], *, keep: int,
+                    distributed: bool = False) -> Path:
+    """Write a checkpoint for ``step`` atomically and prune all but the ``keep`` most recent ones.
+
+    ``distributed``: ``backend.save`` is a collective call of every rank (module docstring)."""
     import torch
 
     final = checkpoint_dir(output_dir, step)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        backend.save(tmp)
-        torch.save({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
+    rank, dist = _dist() if distributed else (0, None)
+    tmp = final.with_name(f".{final.name}.tmp" if dist is not None else f".{final.name}.tmp-{os.getpid()}")
+    if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
-    done = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if dist is not None:
+        dist.barrier()
+    try:
+        backend.save(tmp)
+        if dist is not None:
+            dist.barrier()
+        if rank == 0:
+            torch.save({"torch": torch.get_rng_state()}, tmp / RNG_FILE)
+            with open(tmp / STATE_FILE, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    finally:
+        if rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)
+    if rank == 0:
+        done = sorted(p for p in final.parent.glob("step-*") if (p / STATE_FILE).is_file())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist is not None:
+        dist.barrier()
     return final
 
 

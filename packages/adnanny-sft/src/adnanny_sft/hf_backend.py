@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from adnanny_sft.backend import Batch
 
-__all__ = ["LoraSettings", "HFBackend", "load_causal_lm", "build_hf_backend"]
+__all__ = ["LoraSettings", "HFBackend", "load_causal_lm", "build_hf_backend", "resolve_device"]
 
 _MODEL_FILE = "trainable.safetensors"
 _OPTIM_FILE = "optimizer.pt"
@@ -47,17 +47,34 @@ class LoraSettings:
             raise ConfigError(f"`lora_dropout` must be in [0, 1); got {self.dropout}.")
 
 
+def resolve_device(device: str) -> str:
+    """``cpu`` / ``cuda`` / ``auto`` (cuda when a GPU is visible) -> the torch device the HF backend uses."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`device` = 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'.")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"`device` must be cpu, cuda or auto; got {device!r}.")
+    return device
+
+
 def load_causal_lm(
     model: str | Path | dict[str, Any],
     *,
     dtype: str = "float32",
     seed: int = 0,
+    allow_pickle: bool = False,
 ) -> Any:
     """A ``transformers`` causal LM from an HF directory, or randomly initialised from a config dict.
 
     ``model`` as a dict is an HF ``config.json`` mapping with ``model_type`` (e.g. the output of
     ``adnanny_ckpt.synthetic.tiny_deepseek_v3_config``); its weights are drawn with ``torch.manual_seed(seed)``
-    so two calls give identical models. Offline only: a path must exist locally.
+    so two calls give identical models. Offline only: a path must exist locally. A directory passes
+    adnanny-ckpt's one weight rule first (``check_model_dir``: pickle-only weights refused unless
+    ``allow_pickle``, corrupt safetensors named), and transformers then reads exactly the checked files; any
+    load failure is a one-line ``ConfigError`` naming the folder.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -80,7 +97,19 @@ def load_causal_lm(
     if not (path / "config.json").is_file():
         raise ConfigError(f"`model` = {str(path)!r} is not an HF model directory (no config.json); "
                           "pass a local directory or a config dict.")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    from adnanny_ckpt.errors import AdNannyCkptError
+    from adnanny_ckpt.models import check_model_dir
+
+    try:
+        files = check_model_dir(path, allow_pickle=allow_pickle, tokenizer=False)
+    except AdNannyCkptError as e:  # ckpt's CheckpointFormatError / UnsafeInputError name the file
+        raise ConfigError(f"`model` = {str(path)!r}: {e}") from None
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
+                                                    use_safetensors=files[0].suffix == ".safetensors")
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors tracebacks become one line naming the dir
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load the model in `{path}`: {first}") from None
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -422,13 +451,16 @@ def build_hf_backend(
     seed: int = 0,
     lora: LoraSettings | None = None,
     device: str = "cpu",
+    allow_pickle: bool = False,
     **optim: Any,
 ) -> HFBackend:
     """Load/initialise a causal LM, wrap it in LoRA when ``lora`` is given, and return its backend.
 
-    ``optim`` keywords go to :class:`HFBackend` (lr, weight_decay, warmup_steps, total_steps, ...).
+    ``device``: cpu, cuda or auto. ``optim`` keywords go to :class:`HFBackend` (lr, weight_decay, warmup_steps,
+    total_steps, ...).
     """
-    lm = load_causal_lm(model, dtype=dtype, seed=seed)
+    device = resolve_device(device)
+    lm = load_causal_lm(model, dtype=dtype, seed=seed, allow_pickle=allow_pickle)
     if lora is not None:
         import torch
         from peft import LoraConfig, get_peft_model

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "read_log"]
+__all__ = ["NullLog", "RunLog", "read_log"]
 
 LOG_FILE = "log.jsonl"
 
@@ -68,6 +68,19 @@ class RunLog:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+
+
+class NullLog:
+    """What ranks > 0 of a distributed run log to: nothing (rank 0 writes the one ``log.jsonl``)."""
+
+    def truncate_after(self, step: int) -> None:
+        """Nothing to cut."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Dropped."""
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 def _scalars(record: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:

@@ -65,6 +65,8 @@ def value_probs(model: Any, plans: Sequence[ScoringPlan], *, batch_size: int = 3
 
     if not plans:
         return []
+    if hasattr(model, "value_probs"):  # adnanny_sft.backend.BackendScorer: any backend, via token_logprobs
+        return model.value_probs(plans, batch_size=batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -16,6 +16,20 @@ model + backend, weighting state, resume, then the step loop. Per optimizer step
 Everything a resumed run needs (backend state, sampler RNG and queue, weighting state, torch RNG) is in the
 checkpoint, and the JSONL log is cut back to it, so an interrupted + resumed run logs exactly the losses
 of an uninterrupted one.
+
+Before anything is written, the model folder passes adnanny-ckpt's one weight rule (``check_model_dir``: pickle
+weights refused unless ``allow_pickle``, corrupt safetensors and a missing tokenizer named) and the tokenizer
+loads; then ``output_dir`` is locked (``adnanny_cook.lock.FolderLock``: a second run on it is refused at once,
+naming the holder's PID; the lock of a killed run is taken over). A run that fails before that leaves nothing.
+
+Backends: ``backend = "hf"`` (built in) or a name registered in the entry-point group ``adnanny_sft.backends``
+(adnanny-megatron: ``megatron``). A distributed backend runs this same loop on every rank under ``torchrun``:
+every rank formats the same data and draws the same batches (the sampler is seeded), the backend splits each
+batch over its layout and returns the per-sample losses on every rank, and rank 0 alone writes logs, manifest
+and the trainer state beside the backend's own (collective) checkpoint files. The task-weight evaluation (eq.
+6-7) on such a backend scores each label value by its log-likelihood after the prompt and open tag (forward only,
+``adnanny_sft.backend.BackendScorer``) instead of generating: a pipeline-sharded model has no cheap decoding
+loop, and the value with the highest probability is what greedy decoding would emit first after the open tag.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +48,14 @@ from typing import Any
 from adnanny_sft.checkpoint import latest_checkpoint, read_trainer_state, save_checkpoint
 from adnanny_sft.export import calibrate_tasks, write_model_manifest
 from adnanny_sft.config import RESUME_SAFE_KEYS, SFTConfig
-from adnanny_sft.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from adnanny_sft.errors import AdNannySftError, CheckpointError, ConfigError, DataError, NonFiniteLossError
+from adnanny_sft.evaluation import TaskMetricEvaluator
 
-__all__ = ["TrainResult", "class_loss_factors", "prepare_data", "train"]
+__all__ = ["OutputDirLockedError", "TrainResult", "build_backend", "class_loss_factors", "prepare_data", "train"]
+
+
+class OutputDirLockedError(AdNannySftError, RuntimeError):
+    """Another live ``adnanny-sft train`` holds ``output_dir``; the message names its PID (CLI exit 2)."""
 
 
 @dataclass
@@ -48,6 +68,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     resumed_from: int = 0
+    is_main: bool = True  #: False on ranks > 0 of a distributed run (rank 0 reports and writes)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -56,8 +77,10 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
 
 
-def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]]:
-    """(training examples, held-out rows, data report); writes refused/dropped rows next to the log.
+def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path, *, write: bool = True
+                 ) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]]:
+    """(training examples, held-out rows, data report); writes refused/dropped rows next to the log (``write``:
+    rank 0 of a distributed run only).
 
     The report's ``specs`` are the task definitions trained on (the corpus's own ``tasks/*.toml``, restricted
     to ``labels``) and ``classes`` maps each example id to its balancing class (``class_balance``).
@@ -84,7 +107,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
     if cfg.decontaminate:  # every ads row and the WHOLE public file, before any row is sampled
         index = Decontaminator(cfg.decontaminate, n=cfg.decontam_ngram)
         clean, refused = decontaminate(rows + public, index, on_contamination=cfg.on_contamination)
-        if refused:
+        if refused and write:
             _write_jsonl(out / "refused_rows.jsonl", refused)
         rows = [r for r in clean if r["task"] != PUBLIC_TASK]
         public = [r for r in clean if r["task"] == PUBLIC_TASK]
@@ -92,7 +115,7 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
         rows = mix_public(rows, public, ratio=cfg.public_ratio, seed=cfg.seed)
     examples, report = format_rows(tokenizer, rows, max_seq_len=cfg.max_seq_len, truncation=cfg.truncation,
                                    input_loss_weight=cfg.input_loss_weight)
-    if report.dropped_rows:
+    if report.dropped_rows and write:
         _write_jsonl(out / "dropped_rows.jsonl", report.dropped_rows)
     if not examples:
         raise DataError(f"no training example is left after formatting ({report.summary()}); raise `max_seq_len`.")
@@ -118,6 +141,36 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any, out: Path) -> tuple[list[Any], 
             "tasks": {t: {"hash": s.hash, "labels": list(s.label_fields)} for t, s in specs.items()},
             "specs": specs, "classes": {e.id: classes.get(e.id) for e in examples}}
     return examples, eval_rows, info
+
+
+class LoglikTaskEvaluator(TaskMetricEvaluator):
+    """The built-in evaluator for backends without a decoding loop (a pipeline-sharded Megatron model): a
+    labeling task's prediction is the primary field's value with the highest log-likelihood after the prompt and
+    its open tag (forward only, through the backend's ``token_logprobs``: ``BackendView.model``), so M_t is the
+    BACC of those values. Greedy decoding would emit that value's first token next; what differs from the
+    generative evaluator is only that a model which would not have written the open tag is not counted as a
+    parse error (there is no parse). Generation tasks use 1/perplexity as before."""
+
+    def predict(self, model: Any, task: str) -> list[dict[str, Any]]:
+        from adnanny_sft.evaluation import _obj
+        from adnanny_sft.scoring import score_rows
+
+        spec = self.specs[task]
+        rows = self.label_rows[task]
+        field = spec.primary_field or spec.field_order[0]
+        if len(spec.label_fields) != 1 and spec.primary_field is None:
+            raise ConfigError(f"task `{task}`: log-likelihood evaluation scores one label field; the task has "
+                              f"{list(spec.label_fields)} and no primary field. Plug an evaluator via "
+                              "`task_evaluator`.")
+        probs, _ = score_rows(model, self.tokenizer, spec, [_obj(r["input"]) for r in rows], field=field,
+                              mode="label", batch_size=self.batch_size)
+        preds = []
+        for r, p in zip(rows, probs, strict=True):
+            gold = spec.validate_labels({k: v for k, v in _obj(r["labels"]).items() if k in spec.label_fields})
+            best = max(p, key=p.__getitem__)
+            pred = {**gold, field: best} if len(spec.label_fields) > 1 else {field: best}
+            preds.append({"id": r["id"], "gold": gold, "pred": pred, "raw": str(best)})
+        return preds
 
 
 #: Tokens of a row's start that define its prefix group for batching (``share_prefix``).
@@ -178,26 +231,171 @@ def train(
     """Run (or resume) one SFT job; see the module docstring. ``evaluator`` overrides ``task_evaluator``;
     ``on_step(step, backend)`` runs after each step's checkpoint (hooks for tests and custom monitoring)."""
     import torch
-    from tqdm.auto import tqdm
 
-    from adnanny_sft.evaluation import load_evaluator
-    from adnanny_sft.formatting import collate, pad_token_id
-    from adnanny_sft.hf_backend import LoraSettings, build_hf_backend
-    from adnanny_sft.logs import RunLog
-    from adnanny_sft.models import resolve_model
-    from adnanny_sft.sampler import MixtureSampler
-    from adnanny_sft.weighting import InstanceWeighter, TaskWeighter
+    from adnanny_cook.lock import LOCK_FILE
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))  # torchrun's; a distributed backend checks the world itself
+    is_main = rank == 0
+    if cfg.backend == "hf" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("`backend` = 'hf' trains on one device; under torchrun use `backend = \"megatron\"` (or "
+                          "run one process)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
 
-    # ---- model, tokenizer and data --------------------------------------------------------------
-    model_spec, tokenizer = resolve_model(cfg.model, cfg.tokenizer, tiny_hidden_size=cfg.tiny_hidden_size,
-                                          tiny_layers=cfg.tiny_layers)
-    examples, eval_rows, data_info = prepare_data(cfg, tokenizer, out)
+    # ---- model and tokenizer, checked before anything is written ------------------------------------
+    model_spec, tokenizer = load_model_and_tokenizer(cfg)
+    existed = out.exists()
+    lock = _lock(out) if is_main else None
+    ok = False
+    try:
+        result = _train_locked(cfg, out, is_main, model_spec, tokenizer, evaluator, on_step)
+        ok = True
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+            # a run that never started (nothing but the lock written) leaves no folder behind
+            if not ok and not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+
+
+def load_model_and_tokenizer(cfg: SFTConfig) -> tuple[Any, Any]:
+    """(model spec, tokenizer) of ``cfg`` with every file checked first: a model folder passes adnanny-ckpt's
+    ``check_model_dir`` (the one weight rule of sft and serve: pickle-only weights refused unless
+    ``allow_pickle``, truncated or corrupt safetensors and a missing tokenizer named); a tokenizer that still
+    fails to load is a one-line ``ConfigError`` naming its folder. Writes nothing."""
+    from adnanny_ckpt.errors import AdNannyCkptError
+    from adnanny_ckpt.models import UnknownModelError, check_model_dir, check_tokenizer_files
+    from adnanny_ckpt.models import resolve_model as resolve_dir
+
+    from adnanny_sft.models import resolve_model
+
+    if cfg.model != "tiny-deepseek-v3":
+        try:
+            check_model_dir(resolve_dir(cfg.model), allow_pickle=cfg.allow_pickle, tokenizer=not cfg.tokenizer)
+        except UnknownModelError:
+            pass  # resolve_model below names the model and the known names
+        except AdNannyCkptError as e:  # CheckpointFormatError / UnsafeInputError: one line naming the file
+            raise ConfigError(f"`model` = {cfg.model!r}: {e}") from None
+    tok_dir = cfg.tokenizer
+    if tok_dir:
+        try:
+            check_tokenizer_files(tok_dir)
+        except AdNannyCkptError as e:
+            raise ConfigError(f"`tokenizer` = {tok_dir!r}: {e}") from None
+    try:
+        return resolve_model(cfg.model, cfg.tokenizer, tiny_hidden_size=cfg.tiny_hidden_size,
+                             tiny_layers=cfg.tiny_layers)
+    except AdNannySftError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers' tokenizer errors: one line naming the folder
+        where = tok_dir or cfg.model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load the tokenizer of `{where}`: {first}") from None
+
+
+def _lock(out: Path) -> Any:
+    from adnanny_cook.lock import FolderLock, FolderLockedError
+
+    try:
+        return FolderLock(out, "adnanny-sft train").acquire()
+    except FolderLockedError as e:
+        raise OutputDirLockedError(f"`output_dir` {e}") from None
+
+
+def build_backend(cfg: SFTConfig, model_spec: Any, *, total_steps: int, out: Path, tokenizer: Any = None) -> Any:
+    """The training backend ``cfg.backend`` names: ``hf`` (built in), else the factory registered under that name
+    in the entry-point group ``adnanny_sft.backends`` (adnanny-megatron: ``megatron``), called with the HF
+    factory's keywords plus the distributed keys (``layout``, ``stage_layers``, ``micro_batch_size``,
+    ``timeout_minutes``, ``convert_dir``, ``mtp_loss_weight``, ``core_attention``).
+
+    A random-init model (``tiny-deepseek-v3``) given to a non-HF backend is first written as an HF folder
+    (``output_dir/init-model``, rank 0, the very weights the HF backend would draw from ``seed``), so both
+    backends start from the same parameters and give the same loss curve."""
+    from adnanny_sft.config import BACKEND_GROUP, installed_backends
+    from adnanny_sft.hf_backend import LoraSettings, build_hf_backend, resolve_device
+
+    optim = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                 warmup_steps=cfg.warmup_steps, total_steps=total_steps, lr_schedule=cfg.lr_schedule,
+                 min_lr_ratio=cfg.min_lr_ratio)
+    if cfg.backend == "hf":
+        lora = (LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                             target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
+                             else tuple(cfg.lora_target_modules)) if cfg.lora else None)
+        return build_hf_backend(model_spec, dtype=cfg.dtype, seed=cfg.seed, lora=lora,
+                                device=resolve_device(cfg.device), allow_pickle=cfg.allow_pickle,
+                                selective_head=cfg.selective_head, share_prefix=cfg.share_prefix, **optim)
+    from importlib.metadata import entry_points
+
+    found = {e.name: e for e in entry_points(group=BACKEND_GROUP)}
+    if cfg.backend not in found:
+        raise ConfigError(f"`backend` = {cfg.backend!r} is not installed; installed: {installed_backends()} (a "
+                          f"backend registers in the entry-point group `{BACKEND_GROUP}`)")
+    try:
+        factory = found[cfg.backend].load()
+    except Exception as e:  # noqa: BLE001 - a broken plugin install, named
+        raise ConfigError(f"`backend` = {cfg.backend!r}: its entry point {found[cfg.backend].value!r} fails to "
+                          f"load: {e}") from None
+    model = _init_model_dir(cfg, model_spec, out, tokenizer) if isinstance(model_spec, dict) else model_spec
+    try:
+        return factory(model, dtype=cfg.dtype, seed=cfg.seed, lora=None, device=cfg.device, **optim,
+                       layout=cfg.layout, stage_layers=cfg.stage_layers or None,
+                       micro_batch_size=cfg.micro_batch_size, timeout_minutes=cfg.timeout_minutes,
+                       convert_dir=cfg.convert_dir or str(out / "mcore-init"), mtp_loss_weight=cfg.mtp_loss_weight,
+                       core_attention=cfg.core_attention)
+    except AdNannySftError:
+        raise
+    except (ValueError, RuntimeError, OSError) as e:
+        if type(e).__module__.startswith(("adnanny_", "builtins")):
+            raise ConfigError(f"`backend` = {cfg.backend!r}: {e}") from None
+        raise
+
+
+def _init_model_dir(cfg: SFTConfig, model_spec: dict[str, Any], out: Path, tokenizer: Any) -> Path:
+    """Rank 0 writes the seeded random init as an HF folder (atomically, once); other ranks wait for it."""
+    import time
+
+    from adnanny_sft.hf_backend import load_causal_lm
+
+    final = out / "init-model"
+    done = final / "config.json"
+    if int(os.environ.get("RANK", "0")) == 0 and not done.is_file():
+        import shutil
+
+        tmp = out / f".init-model.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        load_causal_lm(model_spec, dtype="float32", seed=cfg.seed).save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)
+    deadline = time.monotonic() + cfg.timeout_minutes * 60
+    while not done.is_file():
+        if time.monotonic() > deadline:
+            raise CheckpointError(f"rank {os.environ.get('RANK')}: `{final}` did not appear within "
+                                  f"`timeout_minutes` = {cfg.timeout_minutes}; did rank 0 fail?")
+        time.sleep(0.2)
+    return final
+
+
+def _train_locked(cfg: SFTConfig, out: Path, is_main: bool, model_spec: Any, tokenizer: Any,
+                  evaluator: Callable[..., dict[str, float]] | None,
+                  on_step: Callable[[int, Any], None] | None) -> TrainResult:
+    import torch
+    from tqdm.auto import tqdm
+
+    from adnanny_sft.backend import BackendScorer, BackendView
+    from adnanny_sft.evaluation import load_evaluator
+    from adnanny_sft.formatting import collate, pad_token_id
+    from adnanny_sft.logs import NullLog, RunLog
+    from adnanny_sft.sampler import MixtureSampler
+    from adnanny_sft.weighting import InstanceWeighter, TaskWeighter
+
+    out.mkdir(parents=True, exist_ok=True)
+    examples, eval_rows, data_info = prepare_data(cfg, tokenizer, out, write=is_main)
     specs: dict[str, Any] = data_info.pop("specs")
     classes: dict[str, str | None] = data_info.pop("classes")
     pad_id = pad_token_id(tokenizer)
@@ -208,14 +406,13 @@ def train(
     draws_per_step = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / draws_per_step))
 
-    lora = (LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules[0] if cfg.lora_target_modules == ["all-linear"]
-                         else tuple(cfg.lora_target_modules)) if cfg.lora else None)
-    backend = build_hf_backend(
-        model_spec, dtype=cfg.dtype, seed=cfg.seed, lora=lora, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, selective_head=cfg.selective_head,
-        share_prefix=cfg.share_prefix)
+    backend = build_backend(cfg, model_spec, total_steps=total_steps, out=out, tokenizer=tokenizer)
+    hf = cfg.backend == "hf"
+    if not hf:  # the same torch RNG state on every rank, whatever building the model consumed
+        torch.manual_seed(cfg.seed)
+    # what evaluation and calibration see: the HF model itself, or log-likelihood scores through the protocol
+    scorer_model = getattr(backend, "model", None) if hf else BackendScorer(backend, pad_id=pad_id)
+    eval_backend = backend if hf else BackendView(backend, scorer_model)
 
     # ---- weighting state and sampler ------------------------------------------------------------
     inst = InstanceWeighter(task_of, beta=cfg.instance_beta, w_min=cfg.instance_w_min, w_max=cfg.instance_w_max,
@@ -236,12 +433,19 @@ def train(
         extra = {"specs": specs, "collapse_limit": cfg.collapse_limit,
                  "threshold_method": "max_bacc" if cfg.threshold_method == "none" else cfg.threshold_method,
                  "verbose": True} if cfg.task_evaluator == "builtin" else {}
-        evaluator = load_evaluator(cfg.task_evaluator, tokenizer=tokenizer, rows=eval_rows, mode=cfg.eval_mode,
-                                   max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                   max_rows_per_task=cfg.eval_rows_per_task, **extra)
+        if extra:
+            extra["verbose"] = is_main  # one rank prints the evaluation summary
+        if not hf and cfg.task_evaluator == "builtin":
+            evaluator = LoglikTaskEvaluator(tokenizer, eval_rows, mode=cfg.eval_mode,
+                                            max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                            max_rows_per_task=cfg.eval_rows_per_task, **extra)
+        else:
+            evaluator = load_evaluator(cfg.task_evaluator, tokenizer=tokenizer, rows=eval_rows, mode=cfg.eval_mode,
+                                       max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                       max_rows_per_task=cfg.eval_rows_per_task, **extra)
 
     # ---- resume ------------------------------------------------------------------------------------
-    log = RunLog(out, tensorboard=cfg.tensorboard)
+    log: Any = RunLog(out, tensorboard=cfg.tensorboard) if is_main else NullLog()
     step, resumed_from = 0, 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not cfg.resume:
@@ -250,7 +454,9 @@ def train(
     if ckpt is not None:
         state, rng = read_trainer_state(ckpt)
         saved = state["config"]
-        changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUME_SAFE_KEYS and saved.get(k) != v)
+        defaults = {k: f.get_default(call_default_factory=True) for k, f in SFTConfig.model_fields.items()}
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in RESUME_SAFE_KEYS and saved.get(k, defaults.get(k)) != v)
         if changed:
             raise CheckpointError(f"cannot resume from `{ckpt}`: config keys {changed} differ from the run that "
                                   "wrote it; restore them or start in a new `output_dir`.")
@@ -271,14 +477,14 @@ def train(
                 "instance": inst.state_dict(), "task": taskw.state_dict()}
 
     if inst.enabled and inst.estimator == "epoch" and step == 0:  # ppl under θ^(0) (eq. 4's first term)
-        inst.end_of_epoch(*_score_all(backend, examples, pad_id, cfg.batch_size))
+        inst.end_of_epoch(*_score_all(eval_backend, examples, pad_id, cfg.batch_size))
 
     # ---- the loop -----------------------------------------------------------------------------------
     last_good = ckpt
     metrics: dict[str, float] = {}
     metrics_step = -1
-    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress, desc="sft", unit="step")
-    if cfg.progress:
+    bar = tqdm(total=total_steps, initial=step, disable=not (cfg.progress and is_main), desc="sft", unit="step")
+    if cfg.progress and is_main:
         bar.write(f"adnanny-sft: {len(examples)} examples {counts}; {data_info['summary']}; "
                   f"{total_steps} steps{f', resumed from step {step}' if step else ''}")
     try:
@@ -331,13 +537,13 @@ def train(
             epoch_end = (sampler.peek_epoch() if step < total_steps else micro[-1][0]) > micro[0][0]
             if epoch_end or step == total_steps:
                 if inst.enabled and inst.estimator == "epoch" and epoch_end and step < total_steps:
-                    inst.end_of_epoch(*_score_all(backend, examples, pad_id, cfg.batch_size))
+                    inst.end_of_epoch(*_score_all(eval_backend, examples, pad_id, cfg.batch_size))
                 log.write({"kind": "epoch", "step": step, "epoch": micro[-1][0],
                            "instance_weights": inst.per_task_stats()})
             due_eval = evaluator is not None and (
                 (cfg.task_eval_every and step % cfg.task_eval_every == 0) or (not cfg.task_eval_every and epoch_end))
             if due_eval:
-                metrics, metrics_step = evaluator(backend, step=step), step
+                metrics, metrics_step = evaluator(eval_backend, step=step), step
                 lambdas = taskw.update(metrics, step)
                 if taskw.enabled and taskw.mode == "sampling":
                     sampler.set_task_probs(taskw.sampling_probs())
@@ -345,7 +551,8 @@ def train(
                            "details": getattr(evaluator, "last_details", {})})
             if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and epoch_end) \
                     or step == total_steps:
-                last_good = save_checkpoint(out, step, backend, trainer_state(), keep=cfg.keep_checkpoints)
+                last_good = save_checkpoint(out, step, backend, trainer_state(), keep=cfg.keep_checkpoints,
+                                            distributed=not hf)
             if on_step is not None:
                 on_step(step, backend)
     finally:
@@ -354,31 +561,35 @@ def train(
 
     # ---- final metrics, model and manifest --------------------------------------------------------
     if evaluator is not None and metrics_step != step:  # report metrics of the final model
-        metrics = evaluator(backend, step=step)
+        metrics = evaluator(eval_backend, step=step)
         log_final = {"kind": "final_eval", "step": step, "metrics": metrics,
                      "details": getattr(evaluator, "last_details", {})}
-        final_log = RunLog(out, tensorboard=False)
+        final_log = RunLog(out, tensorboard=False) if is_main else NullLog()
         final_log.write(log_final)
         final_log.close()
     model_dir = None
     thresholds: dict[str, Any] = {}
     if cfg.threshold_method != "none" and eval_rows:
-        thresholds = calibrate_tasks(getattr(backend, "model", None), tokenizer, specs, eval_rows,
+        thresholds = calibrate_tasks(scorer_model, tokenizer, specs, eval_rows,
                                      method=cfg.threshold_method, max_rows=cfg.calibration_rows,
                                      batch_size=cfg.eval_batch_size)
         for t, th in thresholds.items():
-            if cfg.progress or th.get("warning"):
+            if is_main and (cfg.progress or th.get("warning")):
                 print(f"adnanny-sft: task `{t}` threshold {th['threshold']:.4f} ({th['threshold_method']}) on "
                       f"{th['n']} validation rows: BACC {th['val_bacc']:.1%}, AUC {th['val_auc']:.3f}"
                       + (f"; {th['warning']}" if th.get("warning") else ""), file=sys.stderr, flush=True)
-    if cfg.export:
+    if cfg.export and hasattr(backend, "export") and is_main:
         model_dir = backend.export(out / "model", tokenizer=tokenizer)
         write_model_manifest(model_dir, specs, thresholds, base_model=cfg.model, corpus=cfg.corpus,
                              extra={"sft": {"steps": step, "labels": cfg.labels, "target_forms": cfg.target_forms,
                                             "class_balance": cfg.class_balance}})
-    _write_manifest(out, cfg, data_info, metrics, step, thresholds)
+    elif cfg.export and is_main:  # e.g. Megatron: the model is the last checkpoint (torch_dist + descriptor)
+        print(f"adnanny-sft: the `{cfg.backend}` backend has no HF export; the trained model is the checkpoint "
+              f"`{last_good}` (convert it to HF with `adnanny-ckpt mcore-to-hf`)", file=sys.stderr, flush=True)
+    if is_main:
+        _write_manifest(out, cfg, data_info, metrics, step, thresholds)
     return TrainResult(output_dir=out, steps=step, model_dir=model_dir, metrics=metrics, data=data_info,
-                       resumed_from=resumed_from)
+                       resumed_from=resumed_from, is_main=is_main)
 
 
 def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: dict[str, float], step: int,
