@@ -116,3 +116,13 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     f = _write(tmp_path / "bad.toml", "seed = = 1\n")
     with pytest.raises(FlowConfigError, match=r"bad.toml` is not valid TOML"):
         load_flow_config(f, stages=ST)
+
+
+def test_resolved_flow_toml_round_trips(tmp_path: Path) -> None:
+    """RUN_DIR/flow.toml (written by the engine) loads back into the same config."""
+    from adnanny.flow import dump_toml
+
+    cfg = load_flow_config(None, stages=ST, default=False, overrides={"seed": 3, "train.steps": 2,
+                                                                      "run_dir": str(tmp_path / "r")})
+    f = _write(tmp_path / "flow.toml", dump_toml(cfg.model_dump(mode="json")))
+    assert load_flow_config(f, stages=ST).model_dump() == cfg.model_dump()
