@@ -139,7 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="validate every key and list, stage by stage, what the installed packages support")
     r.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
-    r.set_defaults(fn=_cmd_run, settings_source=add_settings_flags(r, flow_model()))
+    try:
+        r.set_defaults(fn=_cmd_run, settings_source=add_settings_flags(r, flow_model()))
+    except ImportError as e:  # a broken stage module: `run` says so; status/report/lineage still work
+        broken = f"a stage module failed to import ({type(e).__name__}: {e}); `adnanny run` needs every stage"
+
+        def _broken(a: argparse.Namespace) -> int:
+            from adnanny.flow import FlowError
+
+            raise FlowError(broken)
+
+        r.set_defaults(fn=_broken)
     s = sub.add_parser("status", help="stage states and wall times of a run directory")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true")
