@@ -5,7 +5,10 @@ recorded; the torch_dist ``.metadata`` holds exactly the expected keys with the 
 and each tensor's chunks tile it exactly once (no gap, no overlap); legacy rank files hold exactly the expected
 names and shapes; every tensor of the HF source is accounted for exactly once (consumed by one megatron parameter,
 an FP8 scale, an MTP copy megatron shares, or listed as dropped). With ``values=True`` (and the HF source
-available) each megatron parameter is also compared bit for bit with the fused, dequantized HF tensors.
+available) each megatron parameter is also compared bit for bit with the fused, dequantized HF tensors — through
+the converter's own name map and fuse functions, so it proves the files hold what the converter meant to write.
+Whether what it meant is right is the job of ``forward=True`` (:mod:`adnanny_ckpt.forward_check`), which
+interprets each side by its own format's semantics, independently of the name map.
 
 For an HF checkpoint written by ``mcore_to_hf``: shard checksums, the index, and that every shard opens.
 All problems are collected and raised together in one :class:`~adnanny_ckpt.errors.VerifyError`.
@@ -25,8 +28,14 @@ __all__ = ["verify"]
 
 
 def verify(path: str | os.PathLike[str], hf: str | os.PathLike[str] | None = None, *, values: bool = False,
-           progress: bool = False) -> dict[str, Any]:
-    """Check the checkpoint at ``path``; return a summary dict or raise :class:`VerifyError` listing problems."""
+           forward: bool = False, tolerance: float = 1e-3, progress: bool = False) -> dict[str, Any]:
+    """Check the checkpoint at ``path``; return a summary dict or raise :class:`VerifyError` listing problems.
+
+    ``forward=True`` adds the independent check of :mod:`adnanny_ckpt.forward_check`: every layer of ``path``
+    run against the same layer of the reference — ``hf`` if given, else the source the descriptor names (the HF
+    source of a megatron checkpoint, the megatron checkpoint an HF output came from) — on random inputs, each
+    side interpreted by its own format's semantics, one layer in memory at a time.
+    """
     from adnanny_ckpt.hf2mcore import MANIFEST_NAME
 
     path = Path(path)
@@ -35,8 +44,22 @@ def verify(path: str | os.PathLike[str], hf: str | os.PathLike[str] | None = Non
         raise VerifyError(f"`{mpath}` is missing; `verify` checks directories written by adnanny-ckpt.")
     manifest = json.loads(mpath.read_text())
     if manifest.get("format") == "adnanny-ckpt/hf":
-        return _verify_hf(path, manifest)
-    return _verify_mcore(path, manifest, hf, values, progress)
+        rep = _verify_hf(path, manifest)
+    else:
+        rep = _verify_mcore(path, manifest, hf, values, progress)
+    if forward:
+        from adnanny_ckpt.forward_check import forward_check
+
+        ref = Path(hf) if hf is not None else (Path(manifest["source"]) if manifest.get("source") else None)
+        if ref is None or not ref.exists():
+            raise VerifyError(f"`forward=True` needs a reference: pass `hf=` (`--hf DIR`); `{path}` names "
+                              f"{'no source' if ref is None else f'`{ref}`, which does not exist'}.")
+        fc = forward_check(path, ref, tolerance=tolerance, progress=progress)
+        _raise(fc["problems"], path)
+        rep["forward_units"] = len(fc["units"])
+        rep["forward_max_rel_diff"] = max(fc["units"].values())
+        rep["forward_reference"] = str(ref)
+    return rep
 
 
 def _raise(problems: list[str], path: Path) -> None:
@@ -109,7 +132,7 @@ def _verify_mcore(path: Path, manifest: dict[str, Any], hf: str | os.PathLike[st
                     for c in rank_chunks(spec, ck.params, lay, pp, ep, tp, te_names=ck.te_names,
                                          padded_vocab=ck.padded_vocab, owner_only=owner):
                         if owner:
-                            e = expected.setdefault(c.key, (c.global_shape, manifest["param_dtypes"][c.param.name], []))
+                            e = expected.setdefault(c.key, (c.global_shape, ck.param_dtype(c.param), []))
                             e[2].append((c.offsets, c.sizes))
                         else:
                             d = legacy_expected.setdefault((pp, ep, tp), {})
@@ -122,6 +145,8 @@ def _verify_mcore(path: Path, manifest: dict[str, Any], hf: str | os.PathLike[st
             reader = ck._dist
             assert reader is not None
             got = set(reader.keys())
+            if manifest.get("saved_by") == "adnanny-megatron":  # training saves also hold optimizer state
+                got = {k for k in got if not k.startswith("optimizer.")}
             for k in sorted(set(expected) - got):
                 problems.append(f"key `{k}` is missing from `.metadata`")
             for k in sorted(got - set(expected)):

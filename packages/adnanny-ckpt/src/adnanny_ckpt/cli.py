@@ -6,7 +6,7 @@ megatron-core checkpoints, plan parallel layouts, verify results.
     adnanny-ckpt mcore-to-hf --mcore DIR --out DIR [--dtype source|bf16|fp8|float32] [--tokenizer DIR]
         [--max-shard-size 5GB] [--workers N]
     adnanny-ckpt plan --config config.json --pp 31 --ep 8 --dp 8 [--json]
-    adnanny-ckpt verify DIR [--hf DIR] [--values] [--json]
+    adnanny-ckpt verify DIR [--hf DIR] [--values] [--forward [--tolerance 1e-3]] [--json]
 
 Long jobs also take ``--config FILE.toml`` (for hf-to-mcore / mcore-to-hf) whose keys are the flag names with
 underscores; flags given on the command line override the file. Conversions resume after an interruption.
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("path", type=Path)
     v.add_argument("--hf", type=Path, help="HF source (default: the one recorded in the manifest)")
     v.add_argument("--values", action="store_true", help="also compare every tensor with the HF source, bit for bit")
+    v.add_argument("--forward", action="store_true",
+                   help="independent check: each layer's forward vs the reference's (--hf or the recorded source)")
+    v.add_argument("--tolerance", type=float, default=1e-3, help="relative tolerance of --forward (default 1e-3)")
     v.add_argument("--json", action="store_true")
     return ap
 
@@ -163,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "verify":
         from adnanny_ckpt.checks import verify
 
-        rep = verify(args.path, args.hf, values=args.values, progress=not args.json)
+        rep = verify(args.path, args.hf, values=args.values, forward=args.forward, tolerance=args.tolerance,
+                     progress=not args.json)
         print(json.dumps(rep) if args.json else f"OK: {rep}")
         return 0
     if args.verb == "hf-to-mcore":
