@@ -454,8 +454,15 @@ class HFCheckpointReader:
             os.close(self._handles.popitem()[1])
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # Runs at interpreter exit too, when module globals (``os``, ``contextlib``) may already be gone: touch
+        # nothing but the handles and swallow everything, so exit prints no "Exception ignored in __del__".
+        handles = self.__dict__.get("_handles")
+        if not handles:
+            return
+        try:
             self.close()
+        except BaseException:  # noqa: BLE001 - a finaliser must never raise
+            pass
 
     def __enter__(self) -> "HFCheckpointReader":
         return self
