@@ -1,4 +1,5 @@
-"""Launch ``adnanny-megatron train`` under torchrun from Python, with hang detection.
+"""Launch ``adnanny-megatron train`` (or ``adnanny-sft train --backend megatron``: ``module="adnanny_sft.cli"``)
+under torchrun from Python, with hang detection.
 
 Used by tests and benchmarks. A hang (e.g. the §4.1.3 unmatched MoE collectives) is detected as "the run
 printed that the backward pass of step k finished, then made no progress for ``hang_after_s`` seconds",
@@ -45,8 +46,10 @@ def run_torchrun(
     progress_marker: str = "[adnanny-megatron] step",
     env: dict[str, str] | None = None,
     cwd: str | Path | None = None,
+    module: str = "adnanny_megatron.cli",
 ) -> RunResult:
-    """Run ``python -m torch.distributed.run --nproc-per-node N -m adnanny_megatron.cli ARGS``.
+    """Run ``python -m torch.distributed.run --nproc-per-node N -m MODULE ARGS`` (``module``: the entry script,
+    ``adnanny_megatron.cli`` or ``adnanny_sft.cli``).
 
     Raises :class:`HangDetected` when no line containing ``progress_marker`` arrived for ``hang_after_s``
     seconds after the first one (or the whole run exceeds ``timeout_s``); the output so far is attached.
@@ -54,7 +57,7 @@ def run_torchrun(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "adnanny_megatron.cli", *args,
+        "-m", module, *args,
     ]
     full_env = dict(os.environ)
     full_env.setdefault("TORCHDYNAMO_DISABLE", "1")
