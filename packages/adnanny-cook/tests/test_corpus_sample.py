@@ -161,7 +161,12 @@ def test_tokenizer_loads_with_chat_template_and_atomic_tags(sample_dir: Path) ->
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(sample_dir / "tokenizer")
-    assert 8000 <= len(tok) <= 16384
+    assert 2000 <= len(tok) <= 8192
+    # A word is one id wherever it stands (merges never cross a word boundary): what lets a tiny model match a
+    # query's words against the ad's.
+    ids = tok("Query: cheap personal loan\nAd description: Shop our cheap personal loan today.")["input_ids"]
+    words = tok.convert_ids_to_tokens(ids)
+    assert words.count("Ġpersonal") == 2 and words.count("Ġloan") == 2 and words.count("Ġcheap") == 2
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
     text = "<think>\nThe user wants a cheap hotel.\n</think>\n<Label>Fair</Label>"
     ids = tok(text)["input_ids"]

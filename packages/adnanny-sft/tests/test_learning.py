@@ -3,12 +3,20 @@ the rows cook wrote from its golden labeling rules) learns labels it could not p
 BACC (adnanny-eval) of parsed greedy generations on held-out rows: the corpus's eval split plus cook's golden
 set, none of which was trained on.
 
-What this CPU budget (~2 min of one core: hidden 64, 400 steps of 16 label-only rows) teaches a 4-layer model
-from scratch, measured while writing this test: the output format (no parse errors) and the ad-quality label
-(defects such as "!!!", "{KeyWord…}" or a truncated "..." are lexical cues): held-out quality BACC 0.90-0.93
-in two runs (one 300-step run was still at 0.5: it needs the 400) -> asserted >= 0.7 (chance 0.5; the untrained model parses
-nothing, BACC 0). Relevance (bad vs fair/good) needs product/category knowledge and stays at the majority
-class in this budget: it is printed, not asserted.
+What this CPU budget (hidden 64, 400 steps of 16 label-only rows) teaches a 4-layer model from scratch: the
+output format (no parse errors) and the ad-quality label (defects such as "!!!", "{KeyWord…}", a truncated
+"..." or a typo are lexical cues) -> asserted >= 0.7 (chance 0.5; the untrained model parses nothing, BACC 0).
+Relevance (bad vs fair/good) is printed, not asserted (the shared fixture's test asserts it: test_fixture.py).
+
+Why `input_loss_weight = 0.3` (an LM loss on the task input, never the system prompt): with the sample world's
+word-level tokenizer a word is one id wherever it stands, so an ad is ~25 ordinary word ids, and the only
+supervised token that says "defect" is one `<AdQuality>` value per row, "bad" on ~15% of rows: 400 steps of
+that sparse, imbalanced signal left greedy quality at the majority class (BACC 0.497 at steps 200 and 300, 0.5
+at 400). The earlier phrase-merging tokenizer passed (0.90-0.995) for a reason that was not the lexical cues:
+it merged an ad's title/description into a few ad-specific ids ("ELDANIO!!!"), and 120 of the 149 held-out
+eval rows show an ad that also occurs in training (the split groups by query, not ad), so the label was
+memorised per ad id. The input loss makes the model model the ad's words, defect tokens included; measured
+with it: quality 0.497 (step 200) / 0.497 (300) / 0.791 (400), parse errors 0.
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ def test_label_bacc_rises_well_above_chance_on_held_out_rows(sample_dir, tokeniz
                     max_steps=400, batch_size=16, lr=5e-3, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.3,
                     task_weighting=False, output_dir=str(tmp_path / "run"), progress=False, tensorboard=False,
                     export=False, save_every=10**6, seed=0, threads=1,
-                    # the issue-6 run this test was calibrated on: natural class mix, plain batches, no extra passes
-                    class_balance="none", share_prefix=False, evaluate=False, threshold_method="none")
+                    # natural class mix, plain batches, no extra passes; the input LM loss: see the docstring
+                    class_balance="none", share_prefix=False, evaluate=False, threshold_method="none",
+                    input_loss_weight=0.3)
     before: dict[str, float] = {}
 
     def measure_start(step: int, backend) -> None:

@@ -42,26 +42,26 @@ def task_tag_tokens() -> list[str]:
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8192) -> Path:
     """Train and write ``tokenizer.json`` + ``tokenizer_config.json`` + ``special_tokens_map.json``."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     if not 256 < vocab_size <= 65536:
         raise ConfigError(f"`vocab_size` must be in (256, 65536], got {vocab_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
-    # Split on whitespace-preceded words would cap the vocabulary at the world's few thousand distinct words;
-    # splitting only at sentence punctuation and newlines lets frequent phrases merge, reaching 8k+ tokens.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[.;:!?\n]"), behavior="merged_with_previous"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # Word-level pre-tokenization (GPT-2's regex: a word with its leading space, a run of digits, a run of
+    # punctuation): merges never cross a word boundary, so a word is the same id wherever it appears. An earlier
+    # version let phrases merge across spaces and newlines to reach 8k tokens; then "personal loan" in a query,
+    # "Personal Loan\n" in a title and "personal loan " in a description were three unrelated ids, and no tiny
+    # model learned query-ad relevance (matching the two sides) from a few thousand rows (adnanny-sft README,
+    # pilots L1-L4). The vocabulary ends near the world's distinct word count (~5k), below `vocab_size`.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    # Cap merged pieces so a tiny model still sees word-sized units, not whole sentences.
     tags = task_tag_tokens()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(tags), min_frequency=1,
                                   special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-                                  max_token_length=16)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False) for t in tags])
     atomic_write_bytes(out / "tokenizer.json", tok.to_str().encode())
