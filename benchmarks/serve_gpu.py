@@ -17,7 +17,21 @@ label-only and label+reasoning mode:
 * ``fp8_dequantized``: our FP8 checkpoint dequantized to BF16 at load (adnanny_serve.fp8_load) — same
   memory as BF16 by construction, half the disk;
 * ``fp8_native``: transformers' own FP8 path (FineGrainedFP8: FP8 weights stay FP8 in GPU memory) — it
-  needs whole 128-blocks, so the DeepSeek variant here uses block-aligned dimensions; errors are recorded.
+  needs whole 128-blocks, so the DeepSeek variant here uses block-aligned dimensions; errors are recorded;
+* ``fp8_keep``: ours, FP8 weights that stay FP8 (``adnanny_serve.fp8_linear.load_fp8_resident``, the engine's
+  ``fp8_weights="keep"``): blockwise 1x128 x 128x128 ``scaled_mm`` on sm_90, per-layer dequantize elsewhere;
+  ``fp8_backends`` records how many layers ran which way and why any fell back (ragged SmolLM2 576 included).
+
+Every variant also records ``weight_bytes`` (parameters + buffers, FP8 / scales / rest), device-independent.
+
+Table 9 on the shared fine-tuned fixture (``--fixture DIR``): BF16 vs FP8-dequantized vs FP8-resident BACC/ACC
+(Bad-defect view, the model's calibrated threshold, unparsed rows counted wrong) on the same held-out golden rows,
+with weight memory beside. ``DIR`` is prepared on a machine with the workspace by
+
+    hatch run python benchmarks/serve_gpu.py --prepare-fixture benchmarks/gpu_inputs/fixture
+
+(copies ``adnanny_sft.testing.fine_tuned_fixture()``'s model and its golden query_ad rows; a few MB), then on
+the GPU box: ``python benchmarks/serve_gpu.py --fixture benchmarks/gpu_inputs/fixture``.
 
 Random weights never write the closing tag, so label-only runs to its 32-token budget and reasoning to
 ``--reasoning-tokens``: the ratio measures decode cost per mode, as the paper's 2.3x does. JSON goes to
@@ -99,6 +113,10 @@ def load_variant(path: Path, variant: str, device: str):
     dt = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if variant == "fp8_dequantized":
         model = load_fp8_dequantized(path, dtype=dt).to(device)
+    elif variant == "fp8_keep":
+        from adnanny_serve.fp8_linear import load_fp8_resident
+
+        model = load_fp8_resident(path, device=device, dtype=dt)
     elif variant == "fp8_native":
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **{dtype_kwarg(): dt})
     else:
@@ -127,6 +145,9 @@ def measure(name: str, path: Path, variant: str, args, rows) -> dict:
             torch.cuda.synchronize()
             rec["weights_gib"] = torch.cuda.memory_allocated() / 2**30
         rec["param_dtypes"] = sorted({str(p.dtype) for p in engine.model.parameters()})
+        from adnanny_serve.fp8_linear import weight_bytes
+
+        rec["weight_bytes"] = weight_bytes(engine.model)
         task = get_task("query_ad")
         label_rows(engine, task, rows[: args.batch_size], mode="label", max_tokens=4, example=True)  # warm-up
         for mode, mt in (("label", 32), ("reasoning", args.reasoning_tokens)):
@@ -148,6 +169,10 @@ def measure(name: str, path: Path, variant: str, args, rows) -> dict:
             if cuda:
                 rec[mode]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         rec["label_vs_reasoning"] = rec["label"]["samples_per_s"] / rec["reasoning"]["samples_per_s"]
+        if variant == "fp8_keep":
+            from adnanny_serve.fp8_linear import fp8_backends
+
+            rec["fp8_backends"] = fp8_backends(engine.model)
         del engine
     except Exception as e:  # record, keep going: one failing variant must not hide the others
         rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
@@ -156,6 +181,86 @@ def measure(name: str, path: Path, variant: str, args, rows) -> dict:
     if cuda:
         torch.cuda.empty_cache()
     return rec
+
+
+def prepare_fixture(dest: Path) -> None:
+    """Copy the shared fine-tuned fixture's model dir and golden query_ad rows to ``dest`` (for the GPU box)."""
+    from adnanny_sft.testing import fine_tuned_fixture
+
+    model = Path(fine_tuned_fixture())
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(model, dest / "model")
+    shutil.copy2(model.parent / "sample" / "golden" / "query_ad.jsonl", dest / "golden_query_ad.jsonl")
+    print(f"prepared {dest} from {model}")
+
+
+def _bacc(gold: list[str], pred: list[str | None], defect: str = "bad") -> dict:
+    """Bad-defect view: positive = defect; an unparsed row (None) counts as a miss (adnanny-eval's default)."""
+    tp = sum(g == defect and p == defect for g, p in zip(gold, pred))
+    fn = sum(g == defect and p != defect for g, p in zip(gold, pred))
+    tn = sum(g != defect and p is not None and p != defect for g, p in zip(gold, pred))
+    fp = sum(g != defect and (p is None or p == defect) for g, p in zip(gold, pred))
+    tpr = tp / (tp + fn) if tp + fn else float("nan")
+    tnr = tn / (tn + fp) if tn + fp else float("nan")
+    return {"bacc": (tpr + tnr) / 2, "acc": (tp + tn) / max(1, len(gold)), "n": len(gold),
+            "parsed": sum(p is not None for p in pred)}
+
+
+def table9_on_fixture(fixture: Path, args) -> dict:
+    """BF16 vs FP8 (dequantized, resident) on the fixture's golden rows: BACC/ACC and weight memory."""
+    import types
+
+    import torch
+
+    from adnanny_serve.fp8_linear import weight_bytes
+    from adnanny_serve.label import label_rows, resolve_task, resolve_threshold
+    from adnanny_serve.quantize import quantize_checkpoint
+
+    model = fixture / "model"
+    golden = [json.loads(line) for line in (fixture / "golden_query_ad.jsonl").read_text().splitlines() if line]
+    rows = [{"id": g["id"], **g["input"]} for g in golden]
+    gold = [g["labels"]["label"] for g in golden]
+    task, _ = resolve_task("", model)
+    thr = resolve_threshold(types.SimpleNamespace(threshold=None, no_threshold=False), task, model)
+    out: dict = {"rows": len(rows), "threshold": thr, "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp8 = Path(tmp) / "fp8"
+        quantize_checkpoint(model, fp8)
+        # the fixture is saved in FP32; its BF16 checkpoint is the BF16 load of it
+        for variant, path in (("bf16", model), ("fp8_dequantized", fp8), ("fp8_keep", fp8)):
+            rec: dict = {}
+            try:
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                engine = load_variant(path, variant, args.device)
+                engine.batch_size = args.batch_size
+                rec["weight_bytes"] = weight_bytes(engine.model)
+                if args.device.startswith("cuda"):
+                    rec["weights_gib"] = torch.cuda.memory_allocated() / 2**30
+                t0 = time.perf_counter()
+                recs = label_rows(engine, task, rows, mode="label", max_tokens=32, threshold=thr.get("value"))
+                rec["seconds"] = time.perf_counter() - t0
+                rec["labels"] = [r.get("label") for r in recs]
+                rec["metrics"] = _bacc(gold, [r.get("label") if r["parse_error"] is None else None for r in recs])
+                if variant == "fp8_keep":
+                    from adnanny_serve.fp8_linear import fp8_backends
+
+                    rec["fp8_backends"] = fp8_backends(engine.model)
+                del engine
+            except Exception as e:
+                rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+                rec["traceback"] = traceback.format_exc()[-1500:]
+            gc.collect()
+            out["variants"][variant] = rec
+    base = out["variants"].get("bf16", {}).get("labels")
+    for v in ("fp8_dequantized", "fp8_keep"):
+        other = out["variants"].get(v, {}).get("labels")
+        if base and other:
+            out["variants"][v]["label_agreement_with_bf16"] = sum(a == b for a, b in zip(base, other)) / len(base)
+    out["paper_table9"] = {"bf16": {"bacc": 83.01, "acc": 83.17}, "fp8": {"bacc": 83.38, "acc": 83.50}}
+    return out
 
 
 def main() -> None:
@@ -167,7 +272,13 @@ def main() -> None:
     ap.add_argument("--reasoning-tokens", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=2, help="timed passes per mode; the best is reported")
     ap.add_argument("--no-smollm2", action="store_true")
+    ap.add_argument("--fixture", type=Path, help="a dir made by --prepare-fixture: Table 9 on the fine-tuned fixture")
+    ap.add_argument("--prepare-fixture", type=Path, help="copy the fine-tuned fixture + golden rows here and exit")
+    ap.add_argument("--only-fixture", action="store_true", help="skip the synthetic/SmolLM2 speed runs")
     args = ap.parse_args()
+    if args.prepare_fixture:
+        prepare_fixture(args.prepare_fixture)
+        return
     args.n = args.n or (4 if args.tiny else 128)
     args.batch_size = args.batch_size or (4 if args.tiny else 64)
     args.reasoning_tokens = args.reasoning_tokens or (24 if args.tiny else 256)
@@ -201,15 +312,18 @@ def main() -> None:
                 models.append(("smollm2-135m", smol, tmpd / "smol-fp8"))
             except Exception as e:
                 results.append({"model": "smollm2-135m", "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
-        for name, b, f in models:
+        for name, b, f in ([] if args.only_fixture else models):
             results.append(measure(name, b, "bf16", args, rows))
             results.append(measure(name, f, "fp8_dequantized", args, rows))
+            results.append(measure(name, f, "fp8_keep", args, rows))
             if args.device.startswith("cuda"):
                 results.append(measure(name, f, "fp8_native", args, rows))
+    table9 = table9_on_fixture(args.fixture, args) if args.fixture else None
     out = {"benchmark": "serve_gpu", "device": args.device,
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "n": args.n, "batch_size": args.batch_size, "reasoning_tokens": args.reasoning_tokens,
            "quantize_seconds": quant_s, "quantize_report": rep.__dict__, "results": results,
+           "table9_fixture": table9,
            "torch": torch.__version__, "transformers": transformers.__version__,
            "python": platform.python_version(), "loadavg": os.getloadavg(),
            "total_seconds": time.perf_counter() - t_start,
@@ -223,6 +337,14 @@ def main() -> None:
         print(f"{r['model']:24s} {r['variant']:16s} {r['checkpoint_bytes'] / 2**20:9.1f} "
               f"{r.get('weights_gib', float('nan')):11.3f} {r['label']['samples_per_s']:10.2f} "
               f"{r['reasoning']['samples_per_s']:10.2f} {r['label_vs_reasoning']:6.2f}")
+    if table9:
+        for v, r in table9["variants"].items():
+            if "error" in r:
+                print(f"table9 {v:16s} {r['error']}")
+            else:
+                m = r["metrics"]
+                print(f"table9 {v:16s} BACC {100 * m['bacc']:.2f} ACC {100 * m['acc']:.2f} parsed {m['parsed']}/"
+                      f"{m['n']} weight bytes {r['weight_bytes']['total']}")
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(__file__).resolve().parent / "results"
     dest.mkdir(parents=True, exist_ok=True)
     name = "serve_gpu_cpu_check.json" if not args.device.startswith("cuda") else "serve_gpu.json"

@@ -40,15 +40,25 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adnanny_serve.config import LabelConfig
 from adnanny_serve.errors import ConfigError, LabelError
+
+if TYPE_CHECKING:  # pydantic(-settings) loads on first use: the GPU scripts call label_rows on bare boxes
+    from adnanny_serve.config import LabelConfig
 
 __all__ = ["LabelConfig", "LabelJob", "LabelStats", "label_file", "label_rows", "out_lock", "predictions_schema",
            "prompts_for", "resolve_task", "resolve_threshold"]
 
 MODES = ("label", "reasoning")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LabelConfig":  # defined in adnanny_serve.config (the typed config); re-exported here
+        from adnanny_serve.config import LabelConfig
+
+        return LabelConfig
+    raise AttributeError(f"module 'adnanny_serve.label' has no attribute {name!r}")
 MODEL_MANIFEST = "adnanny_model.json"
 
 
@@ -435,7 +445,8 @@ class LabelJob:
         from adnanny_serve.engines import load_engine
 
         return load_engine(str(self.model_dir), engine=self.cfg.engine, device=self.cfg.device, dtype=self.cfg.dtype,
-                           batch_size=self.cfg.batch_size, allow_pickle=self.cfg.allow_pickle)
+                           batch_size=self.cfg.batch_size, allow_pickle=self.cfg.allow_pickle,
+                           fp8_weights=self.cfg.fp8_weights)
 
 
 _STATE_KEYS = ("input_fingerprint", "rows", "task", "task_hash", "mode", "chunk_size", "model", "example",

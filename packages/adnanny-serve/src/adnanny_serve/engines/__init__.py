@@ -9,15 +9,16 @@ __all__ = ["Engine", "Generation", "LogLikelihood", "SamplingParams", "encode_pa
 
 
 def load_engine(model: str, *, engine: str = "transformers", device: str = "cpu", dtype: str | None = None,
-                batch_size: int = 8, allow_pickle: bool = False) -> Engine:
-    """Build an engine by name on a local model dir (pickle weights only with ``allow_pickle``)."""
+                batch_size: int = 8, allow_pickle: bool = False, fp8_weights: str | None = None) -> Engine:
+    """Build an engine by name on a local model dir (pickle weights only with ``allow_pickle``; ``fp8_weights``
+    ``keep``/``dequantize`` for FP8 checkpoints on the transformers engine, default keep on CUDA)."""
     from adnanny_serve.errors import ConfigError
 
     if engine == "transformers":
         from adnanny_serve.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine.from_pretrained(model, device=device, dtype=dtype, batch_size=batch_size,
-                                                 allow_pickle=allow_pickle)
+                                                 allow_pickle=allow_pickle, fp8_weights=fp8_weights)
     if engine == "vllm":
         from adnanny_ckpt.errors import AdNannyCkptError
         from adnanny_ckpt.models import check_model_dir

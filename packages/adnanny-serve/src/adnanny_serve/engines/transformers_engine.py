@@ -131,6 +131,7 @@ class TransformersEngine:
             if tid is not None:
                 self.eos_ids.add(int(tid))
         self.model_name = str(getattr(model.config, "_name_or_path", "") or "model")
+        self.fp8_weights: str | None = getattr(model, "fp8_weights", None)  # "keep" | "dequantize" | None
 
     # ------------------------------------------------------------------ weight updates (RL)
     def load_weights(self, weights: Any = None) -> None:
@@ -155,9 +156,23 @@ class TransformersEngine:
             if bad:
                 raise EngineError(f"`load_weights`: tensor `{bad[0][0]}` has shape {bad[0][1]}, the model expects "
                                   f"{bad[0][2]}.")
+            given = {n for n, _ in items}
             with torch.no_grad():
                 for n, t in items:
-                    own[n].copy_(t.to(device=own[n].device, dtype=own[n].dtype))
+                    if own[n].dtype == torch.float8_e4m3fn and t.dtype != torch.float8_e4m3fn:
+                        # FP8-resident weights: a full-precision update is re-quantized by adnanny-ckpt's codec,
+                        # its block scales replaced with it (a plain copy would drop the scales)
+                        from adnanny_ckpt.fp8 import quantize_blocks
+
+                        scale = n + "_scale_inv"
+                        if scale in given:
+                            raise EngineError(f"`load_weights`: tensor `{n}` is full precision but `{scale}` is given "
+                                              "too; pass FP8 weights with their scales, or full-precision ones alone.")
+                        q, s = quantize_blocks(t.detach().to("cpu", torch.float32), name=n)
+                        own[n].copy_(q.to(own[n].device))
+                        own[scale].copy_(s.to(own[scale].device))
+                    else:
+                        own[n].copy_(t.to(device=own[n].device, dtype=own[n].dtype))
         self._prefix_ids, self._prefix_cache = (), None
         self.model.eval()
         self.weights_version += 1
@@ -174,13 +189,18 @@ class TransformersEngine:
         fp8_loader: str = "adnanny",
         prefix_caching: bool = True,
         allow_pickle: bool = False,
+        fp8_weights: str | None = None,
     ) -> "TransformersEngine":
         """Load a local HF checkpoint. ``dtype`` defaults to fp32 on CPU and bf16 on CUDA.
 
         FP8 checkpoints (``quantization_config.quant_method == "fp8"``): ``fp8_loader="adnanny"``
         dequantizes them at load with adnanny-ckpt's codec (works for any shape); ``"transformers"``
         uses transformers' own path (on CPU it also dequantizes, but needs shapes that are whole
-        multiples of the block).
+        multiples of the block). ``fp8_weights`` (adnanny loader): ``"keep"`` = the projection weights stay FP8
+        in memory (:mod:`adnanny_serve.fp8_linear`: blockwise scaled matmul on sm_90 GPUs, else a per-layer
+        dequantize in the forward), ``"dequantize"`` = expanded once at load; default ``keep`` on CUDA and
+        ``dequantize`` on CPU (CPUs have no FP8 matmul, and re-expanding every weight at every step is slow).
+        ``engine.fp8_weights`` says which was used (None for a non-FP8 checkpoint).
 
         Before anything is loaded the folder passes adnanny-ckpt's one weight-file rule
         (:func:`adnanny_ckpt.models.check_model_dir`): pickle weights are refused unless ``allow_pickle``, and a
@@ -211,12 +231,22 @@ class TransformersEngine:
             raise ConfigError(f"`dtype` must be float32, bfloat16 or float16; got {dtype!r}.")
         if fp8_loader not in ("adnanny", "transformers"):
             raise ConfigError(f"`fp8_loader` must be 'adnanny' or 'transformers'; got {fp8_loader!r}.")
+        if fp8_weights not in (None, "keep", "dequantize"):
+            raise ConfigError(f"`fp8_weights` must be 'keep' or 'dequantize'; got {fp8_weights!r}.")
+        is_fp8 = is_fp8_checkpoint(p)
+        fp8_mode = (fp8_weights or ("keep" if device.startswith("cuda") else "dequantize")) if is_fp8 else None
+        if fp8_mode == "keep" and fp8_loader != "adnanny":
+            raise ConfigError("`fp8_weights='keep'` needs `fp8_loader='adnanny'`.")
         try:
             tok = AutoTokenizer.from_pretrained(p)
         except Exception as e:  # transformers' messages name neither the folder nor the missing file
             raise EngineError(f"the tokenizer in `{p}` cannot be loaded: {type(e).__name__}: {_first_line(e)}") from None
         try:
-            if is_fp8_checkpoint(p) and fp8_loader == "adnanny":
+            if fp8_mode == "keep":
+                from adnanny_serve.fp8_linear import load_fp8_resident
+
+                model = load_fp8_resident(p, device=device, dtype=dt)
+            elif is_fp8 and fp8_loader == "adnanny":
                 model = load_fp8_dequantized(p, dtype=dt)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
@@ -227,7 +257,9 @@ class TransformersEngine:
             raise EngineError(f"the model in `{p}` cannot be loaded (weights {[f.name for f in weight_files][:3]}): "
                               f"{type(e).__name__}: {_first_line(e)}") from None
         model.to(device)
-        return cls(model, tok, batch_size=batch_size, prefix_caching=prefix_caching)
+        eng = cls(model, tok, batch_size=batch_size, prefix_caching=prefix_caching)
+        eng.fp8_weights = fp8_mode
+        return eng
 
     # ------------------------------------------------------------------ helpers
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
