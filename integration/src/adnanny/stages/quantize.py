@@ -139,16 +139,15 @@ class QuantizeStage:
     def supports(self, config: Any, flow: Any) -> list[Support]:
         cuda = _cuda_available()
         vllm = importlib.util.find_spec("vllm") is not None
-        out = [
+        return [
             Support("FP8 export (DeepSeek-V3 format, 128x128 block scales) with adnanny-serve quantize", True),
-            Support("FP8 weights kept in FP8 at inference (vLLM on a GPU)", cuda and vllm,
-                    "" if cuda and vllm else
-                    f"{'no CUDA device' if not cuda else ''}{' and ' if not cuda and not vllm else ''}"
-                    f"{'vllm is not installed (adnanny-serve[vllm])' if not vllm else ''}; FP8 checkpoints are "
-                    "dequantized to BF16/FP32 at load on CPU, so Table 9 compares the codec's accuracy, not FP8 "
-                    "matmuls"),
+            Support("FP8 weights kept in FP8 at inference (adnanny-serve fp8_weights=keep on CUDA)", cuda,
+                    "" if cuda else "no CUDA device: FP8 checkpoints are dequantized at load on CPU, so Table 9 "
+                    "compares the codec's accuracy, not FP8 matmuls"),
+            Support("FP8 inference on vLLM", cuda and vllm,
+                    "" if cuda and vllm else "vllm is not installed (adnanny-serve[vllm], GPU only)" if not vllm
+                    else "no CUDA device"),
         ]
-        return out
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
         """No rows live here; lineage of a label passes through `quantized_from` (recorded by the engine)."""
