@@ -69,7 +69,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
                     model=args.model, tiny_hidden_size=args.hidden, output_dir=str(out), batch_size=args.batch,
                     max_seq_len=args.max_len, epochs=1.0, lr=1e-4, lr_schedule="constant", warmup_steps=0,
                     task_weighting=False, bucket_batches=args.bucket, progress=False, tensorboard=False,
-                    export=False, save_every=10**9, threads=args.threads)
+                    export=False, save_every=10**9, threads=args.threads,
+                    device="cpu")  # TRL runs use_cpu=True; `device` defaults to auto
     res = train(cfg)
     recs = [r for r in read_log(out) if r["kind"] == "train"]
     tokens = sum(r["tokens"] for r in recs)

@@ -42,10 +42,19 @@ def test_entry_point_factory_is_what_train_calls(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(md, "entry_points", lambda group: [_EP()] if group == "adnanny_sft.backends" else [])
     cfg = SFTConfig(corpus="c", backend="megatron", layout="pp2,ep2", stage_layers="1,3", micro_batch_size=2,
                     timeout_minutes=5, model="/some/hf/dir", device="cpu")
-    assert build_backend(cfg, Path("/some/hf/dir"), total_steps=7, out=tmp_path) == "backend"
-    assert seen["model"] == Path("/some/hf/dir") and seen["layout"] == "pp2,ep2" and seen["stage_layers"] == "1,3"
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"")
+    assert build_backend(cfg, hf, total_steps=7, out=tmp_path) == "backend"
+    assert seen["model"] == hf and seen["layout"] == "pp2,ep2" and seen["stage_layers"] == "1,3"
     assert (seen["micro_batch_size"], seen["timeout_minutes"], seen["total_steps"], seen["device"]) == (2, 5, 7, "cpu")
     assert seen["lora"] is None and seen["convert_dir"] == str(tmp_path / "mcore-init")
+    # a folder without safetensors would be random-initialised by a converter: refused by name instead
+    pick = tmp_path / "pickled"
+    pick.mkdir()
+    (pick / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"converts safetensors weights and `.*pickled` has none"):
+        build_backend(cfg, pick, total_steps=7, out=tmp_path)
 
 
 def test_pad_batch_changes_no_value_of_the_real_rows() -> None:

@@ -340,6 +340,9 @@ def build_backend(cfg: SFTConfig, model_spec: Any, *, total_steps: int, out: Pat
     except Exception as e:  # noqa: BLE001 - a broken plugin install, named
         raise ConfigError(f"`backend` = {cfg.backend!r}: its entry point {found[cfg.backend].value!r} fails to "
                           f"load: {e}") from None
+    if not isinstance(model_spec, dict) and not any(Path(model_spec).glob("*.safetensors")):
+        raise ConfigError(f"`backend` = {cfg.backend!r} converts safetensors weights and `{model_spec}` has none "
+                          "(pickle weights are read by the `hf` backend only); convert the folder to safetensors")
     model = _init_model_dir(cfg, model_spec, out, tokenizer) if isinstance(model_spec, dict) else model_spec
     try:
         return factory(model, dtype=cfg.dtype, seed=cfg.seed, lora=None, device=cfg.device, **optim,
