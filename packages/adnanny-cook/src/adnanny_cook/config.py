@@ -149,10 +149,17 @@ class CookConfig(_TaskConfig):
     temperature: float = Field(0.7, description="teacher sampling temperature")
     top_p: float = Field(0.95, ge=0, le=1, description="teacher nucleus sampling")
     max_tokens: int = Field(1024, ge=1, description="teacher completion budget")
+    stop: list[str] = Field(default_factory=list, description="stop strings of reasoning requests (TOML array; "
+                                                              "e.g. [\"\\n\\n\"] ends an explanation at its "
+                                                              "first paragraph); empty = none")
     cache: str = Field("", description="SQLite cache path (default: <out>/cache.sqlite)")
     # --- reasoning generation / rejection sampling
     k: int = Field(4, ge=1, description="candidates per input (prompt variants x decoding seeds)")
     variants: CommaList = Field(default_factory=list, description="prompt variant ids (default: all of the task's)")
+    teacher_answer: Literal["tagged", "explanation"] = Field(
+        "tagged", description="what a reasoning request asks for: \"tagged\" (<think> + the label tags) or "
+                              "\"explanation\" (the explanation alone; the given labels' tags are added before "
+                              "the filters judge it: lets a small teacher contribute)")
     n_generate: int = Field(6, ge=1, description="queries asked from the generation prompt (generation tasks)")
     keep_per_input: int = Field(1, ge=1, description="rationales kept per input (chosen by MMR)")
     label_rows: bool = Field(True, description="also emit label-only rows (mode \"label\")")

@@ -107,8 +107,11 @@ class ChunkCooker:
 
     # ------------------------------------------------------------------ the work
     def params(self, j: int) -> dict[str, Any]:
-        return {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "max_tokens": self.cfg.max_tokens,
-                "seed": j}
+        p: dict[str, Any] = {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
+                             "max_tokens": self.cfg.max_tokens, "seed": j}
+        if self.cfg.stop:  # only when set, so the cache keys of runs without `stop` are unchanged
+            p["stop"] = list(self.cfg.stop)
+        return p
 
     async def _generate(self, item: Item, drops: list[dict[str, Any]]) -> list[dict[str, str]]:
         msgs = self.spec.generation_messages(item.input, n=self.cfg.n_generate)
@@ -143,7 +146,7 @@ class ChunkCooker:
 
     async def _candidate(self, item: Item, sub: int, labels: dict[str, Any], j: int) -> Candidate:
         variant = self.variants[j % len(self.variants)]
-        msgs = self.spec.reasoning_messages(item.input, labels, variant=variant)
+        msgs = self.spec.reasoning_messages(item.input, labels, variant=variant, answer=self.cfg.teacher_answer)
         try:
             comp = await self.teacher.complete(msgs, params=self.params(j), variant=variant)
         except TeacherError as e:
@@ -152,7 +155,14 @@ class ChunkCooker:
             c = Candidate(item.id, sub, j, variant, "", "", labels)
             c.drop, c.detail = _teacher_reason(e), str(e)
             return c
-        return Candidate(item.id, sub, j, variant, comp.text, comp.key, labels)
+        return Candidate(item.id, sub, j, variant, self._answer_text(labels, comp.text), comp.key, labels)
+
+    def _answer_text(self, labels: dict[str, Any], text: str) -> str:
+        """The candidate's tagged text: the response itself, or (teacher_answer = "explanation") the explanation
+        wrapped with the given labels' tags (`TaskSpec.assemble_explanation`; the filters judge the result)."""
+        if self.cfg.teacher_answer == "explanation":
+            return self.spec.assemble_explanation(labels, text)
+        return text
 
     async def _verify(self, item: Item, c: Candidate) -> None:
         assert self.verifier is not None

@@ -50,11 +50,16 @@ async def _validate(cfg: CookConfig, embedder: Any, golden: str) -> dict[str, An
     teacher, _ = make_clients(cfg)
     try:
         async def one(it: Any, v: str) -> Candidate:
-            msgs = spec.reasoning_messages(it.input, it.labels, variant=v)
-            comp = await teacher.complete(msgs, params={"temperature": cfg.temperature, "top_p": cfg.top_p,
-                                                        "max_tokens": cfg.max_tokens, "seed": 0},
-                                          variant=f"golden/{v}")
-            return Candidate(it.id, 0, 0, v, comp.text, comp.key, dict(it.labels))
+            msgs = spec.reasoning_messages(it.input, it.labels, variant=v, answer=cfg.teacher_answer)
+            params: dict[str, Any] = {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                                      "max_tokens": cfg.max_tokens, "seed": 0}
+            if cfg.stop:
+                params["stop"] = list(cfg.stop)
+            comp = await teacher.complete(msgs, params=params, variant=f"golden/{v}")
+            # the gate judges exactly what a run at scale would keep (the same request, the same assembly)
+            text = (spec.assemble_explanation(it.labels, comp.text) if cfg.teacher_answer == "explanation"
+                    else comp.text)
+            return Candidate(it.id, 0, 0, v, text, comp.key, dict(it.labels))
 
         cands = await asyncio.gather(*(one(it, v) for it in items for v in variants))
     finally:
@@ -103,6 +108,7 @@ async def _validate(cfg: CookConfig, embedder: Any, golden: str) -> dict[str, An
     report = {"task": spec.name, "golden": golden, "examples": len(items), "variants": report_variants,
               "consistency": round(cons, 4), "passed": not failures, "failures": failures,
               "gate": {"format": cfg.gate_format, "faithful": cfg.gate_faithful, "consistency": cfg.gate_consistency},
+              "teacher_answer": cfg.teacher_answer,
               "problems": examples[:50], "teacher": teacher.stats.as_dict()}
     out = Path(cfg.out)
     atomic_write_bytes(out / "golden_report.json", json.dumps(report, indent=2, sort_keys=True).encode())

@@ -75,7 +75,7 @@ RESUME_KEYS: tuple[str, ...] = (
     "task_hash", "labels", "input_sha256", "columns", "id_column", "limit", "on_bad_row", "chunk_size", "model",
     "temperature", "top_p", "max_tokens", "k", "variants", "n_generate", "keep_per_input", "embed_model",
     "self_consistency_min_sim", "boilerplate_min_overlap", "boilerplate_min_words", "off_topic_min_sim",
-    "near_dup_threshold", "mmr_lambda", "verifier_model")
+    "near_dup_threshold", "mmr_lambda", "verifier_model", "teacher_answer", "stop")
 _RUN_FILE = "run.json"
 
 

@@ -27,10 +27,15 @@ from typing import Any, Literal
 from adnanny_cook.errors import (ConfigError, InvalidLabelError, MalformedOutputError, MissingTagError,
                                  ParseError)
 
-__all__ = ["CONTROL_TAGS", "Message", "ParsedOutput", "PromptVariant", "TaskSpec", "defang"]
+__all__ = ["CONTROL_TAGS", "Message", "ParsedOutput", "PromptVariant", "TEACHER_ANSWERS", "TaskSpec", "TeacherAnswer",
+           "defang"]
 
 Message = dict[str, str]
 Mode = Literal["reasoning", "label"]
+#: What a cooking request asks the teacher for: the full tagged answer, or the explanation alone
+#: (`TaskSpec.reasoning_messages(..., answer=...)`, `TaskSpec.assemble_explanation`).
+TeacherAnswer = Literal["tagged", "explanation"]
+TEACHER_ANSWERS: tuple[str, ...] = ("tagged", "explanation")
 ValueDisplay = Literal["capitalize", "as_is"]
 VALUE_DISPLAYS: tuple[str, ...] = ("capitalize", "as_is")
 
@@ -375,10 +380,17 @@ class TaskSpec:
         r = defang(r)
         return f"{THINK_OPEN}\n{r}\n{THINK_CLOSE}\n{tags}"
 
-    def reasoning_messages(self, row: Mapping[str, Any], labels: Mapping[str, Any], variant: int | str = 0
-                           ) -> list[Message]:
+    def reasoning_messages(self, row: Mapping[str, Any], labels: Mapping[str, Any], variant: int | str = 0,
+                           answer: TeacherAnswer = "tagged") -> list[Message]:
         """The cooking prompt (§3.2): show the input AND the existing labels; ask the teacher to reconstruct why
-        they fit, in explicit steps, then repeat the labels in tags. It never asks for a new label."""
+        they fit, in explicit steps, then repeat the labels in tags. It never asks for a new label.
+
+        `answer="explanation"` asks for the explanation alone, in plain sentences, without the ``<think>`` block
+        and the tags: the labels are given, so repeating them in tags is format work that a small teacher gets
+        wrong far more often than the explanation itself; `assemble_explanation` then builds the tagged answer
+        from the given labels, and the filters judge the explanation as before."""
+        if answer not in TEACHER_ANSWERS:
+            raise ConfigError(f"`answer` must be one of {list(TEACHER_ANSWERS)}, got {answer!r}")
         v = self.variant(variant)
         canon = self.validate_labels(labels)
         given = "\n".join(f"Given {self.label_title(f)}: {defang(self.render_value(f, canon[f]))}"
@@ -392,9 +404,28 @@ class TaskSpec:
                   f"concrete details of the input.")
         if v.example:
             system += "\n\nExample of the expected reasoning:\n" + v.example
+        if answer == "explanation":
+            user = (f"{self.render_input(row)}\n{given}\n\n{v.question}\nCover these steps:\n{steps}\n\n"
+                    f"Write only the explanation: a few plain sentences that name concrete details of the input. "
+                    f"No headings, no lists, no tags, and do not choose a different label.")
+            return [{"role": "system", "content": system}, {"role": "user", "content": user}]
         user = (f"{self.render_input(row)}\n{given}\n\n{v.question}\nAnswer in these steps:\n{steps}\n\n"
                 f"{shown.output_format('reasoning')}\nThe tags must repeat the given values exactly.")
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def assemble_explanation(self, labels: Mapping[str, Any], text: str) -> str:
+        """The tagged reasoning answer for an `answer="explanation"` teacher response: ``<think>text</think>``
+        + the GIVEN labels' tags, for the filters to judge like any candidate.
+
+        Not a repair: a response that already is a full tagged answer is returned unchanged (its tags are then
+        checked against the labels by the contradiction filter); a response that carries task tags or a
+        ``<think>`` marker anywhere else, or is blank, is returned unchanged too, so the strict parser rejects
+        it (schema drop) instead of this function guessing what the teacher meant.
+        """
+        body = text.strip()
+        if not body or _control_re().search(body):
+            return text
+        return self.format_target(labels, body)
 
     def generation_messages(self, row: Mapping[str, Any], n: int = 4) -> list[Message]:
         """The first-stage generation prompt of generation tasks (e.g. keyword -> queries following §3.2's rules)."""
