@@ -120,3 +120,19 @@ def test_ctr_reward_uplift_guards_and_frozen() -> None:
     m.weight.add_(1.0)                                                # a bug that moved the model is caught
     with pytest.raises(RewardError, match="parameters changed"):
         r([row], [fixed], group_size=1)
+
+
+def test_retrieval_per_sample_term_by_hand() -> None:
+    spec = get_task("keyword_query")
+    rr = RetrievalReward(spec, ADS, HELD, k=1, sample_weight=0.5)
+    rows = [{"ad_id": "a1"}, {"ad_id": "a1"}, {"ad_id": "a2"}, {"ad_id": "a2"}]
+    # batch 0 = {a1: marathon sneakers, a2: blue paint}: only a1's query hits -> batch gain 1/2;
+    # batch 1 = {a1: blue paint, a2: place to stay}: only a2's query hits -> 1/2.
+    comps = [_kq("marathon sneakers"), _kq("blue paint"), _kq("blue paint"), _kq("place to stay")]
+    out = rr(rows, comps, group_size=2)
+    assert out.components["metric_gain"] == pytest.approx([0.5, 0.5, 0.5, 0.5])
+    # own ad alone: completions 0 and 3 lift their own ad's query from miss to hit (+1), 1 and 2 do nothing.
+    assert out.components["own_gain"] == pytest.approx([1.0, 0.0, 0.0, 1.0])
+    assert out.total == pytest.approx([0.5 + 0.5, 0.5, 0.5, 0.5 + 0.5])
+    # the batch term alone cannot tell completion 0 from 1 in prompt a1's group; the per-sample term can
+    assert "own_gain" not in RetrievalReward(spec, ADS, HELD, k=1)(rows, comps, group_size=2).components

@@ -66,23 +66,110 @@ def test_killed_run_resumes_bit_for_bit(policy: Path, tmp_path: Path) -> None:
         main(_cfg(policy, tmp_path / "resumed", steps=5, beta=0.5))
 
 
-def _bootstrap_lower(diffs: list[float], n: int = 2000, seed: int = 0) -> float:
+def _paired_interval(diffs: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of paired (after - before) differences over prompts."""
     rng = random.Random(seed)
     means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n))
-    return means[int(0.025 * n)]
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+#: the bound the learning tests hold the policy to: mean per-token KL(π_θ ‖ π_ref) (k3) of every step's rollouts
+KL_BOUND = 0.5
+
+
+def _learning_report(summary: dict, out: Path, task: str) -> tuple[float, float, float, float, float]:
+    before, after = summary["eval_before"][task], summary["eval_after"][task]
+    lo, hi = _paired_interval([a - b for a, b in zip(after, before, strict=True)])
+    kl = max(r["kl"] for r in read_log(out) if r["kind"] == "train")
+    mb, ma = sum(before) / len(before), sum(after) / len(after)
+    print(f"{task}: held-out mean reward {mb:.3f} -> {ma:.3f} over {len(before)} prompts, paired 95% interval of "
+          f"the gain [{lo:.3f}, {hi:.3f}], max step KL {kl:.4f} (bound {KL_BOUND})")
+    return mb, ma, lo, hi, kl
+
+
+def test_one_update_moves_probability_towards_better_completions(policy: Path) -> None:
+    """The fast guard of learning (default suite): one on-policy GRPO update through the recipe's own pieces
+    raises the log-probability of the completions with positive advantage relative to those with negative
+    advantage — Σ_i A_i·Δ(mean-token log π) > 0. A flipped sign, advantages aligned to the wrong rows, a mask
+    off by one token or a loss that never reaches the weights all fail it."""
+    from adnanny_cook.tasks import load_task_from_dir
+    from adnanny_rl.data import load_prompt_rows
+    from adnanny_rl.objective import aggregation_weights, group_advantages
+    from adnanny_rl.rewards.labels import LabelReward
+    from adnanny_rl.train import TaskRuntime, _batch, _render, _score, policy_update
+    from adnanny_serve.engines import SamplingParams
+    from adnanny_serve.engines.transformers_engine import TransformersEngine
+    from adnanny_sft.hf_backend import build_hf_backend
+    from adnanny_sft.models import load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = _cfg(policy, Path("unused"), prompts_per_step=6, group_size=8, micro_batch=16, lr=1e-3, beta=0.0)
+    spec = load_task_from_dir(policy, "query_ad")
+    train, _ = load_prompt_rows(_corpus(policy), spec)
+    rt = TaskRuntime(cfg=cfg.tasks[0], spec=spec, train=train, held=[],
+                     reward=LabelReward(spec, mode="label", format_penalty=-1.0))
+    backend = build_hf_backend(str(policy), seed=0, lr=cfg.lr, max_grad_norm=0.0, weight_decay=0.0, total_steps=1,
+                               lr_schedule="constant")
+    tok = load_tokenizer(policy)
+    engine = TransformersEngine(backend.model, tok, batch_size=48)
+    rows = train[:cfg.prompts_per_step]
+    prompts = [_render(engine, rt, r, cfg.max_prompt_tokens) for r in rows]
+    gens = engine.generate([p for p in prompts for _ in range(cfg.group_size)],
+                           SamplingParams(max_tokens=cfg.max_completion_tokens, temperature=1.0, seed=1))
+    rewards = torch.tensor(_score(rt, [r for r in rows for _ in range(cfg.group_size)], [g.text for g in gens],
+                                  cfg.group_size).total).view(len(rows), cfg.group_size)
+    adv = group_advantages(rewards).reshape(-1)
+    assert (adv != 0).any(), f"every group had equal rewards: {rewards.tolist()}"
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = _batch([ids[i // cfg.group_size] for i in range(len(gens))], [list(g.token_ids) or [pad] for g in gens],
+                   pad)
+    mask = batch.loss_mask[:, 1:]
+    before = backend.token_logprobs(batch)
+    weights = aggregation_weights(batch.loss_mask, cfg.loss_aggregation)
+    stats, info = policy_update(backend, batch, adv, weights, None, None, cfg)
+    after = backend.token_logprobs(batch)
+    per_seq = lambda lp: (lp[:, 1:] * mask).sum(1) / mask.sum(1).clamp(min=1)  # noqa: E731
+    moved = per_seq(after) - per_seq(before)
+    assert info["grad_norm"] > 0 and torch.isfinite(moved).all()
+    assert float((adv * moved).sum()) > 0, (adv.tolist(), moved.tolist())
+    pos, neg = moved[adv > 0].mean(), moved[adv < 0].mean()
+    assert float(pos) > float(neg), (float(pos), float(neg))
 
 
 @pytest.mark.slow
-def test_grpo_raises_held_out_reward(policy: Path, tmp_path: Path) -> None:
-    """GRPO on query_ad labels from the fixture: held-out greedy reward rises (paired bootstrap lower bound > 0)
-    while KL to the reference stays small."""
-    cfg = _cfg(policy, tmp_path / "learn", steps=30, prompts_per_step=8, group_size=4, micro_batch=16, lr=3e-4,
-               beta=0.02, eval_prompts=64, save_every=100, temperature=1.0)
-    s = main(cfg)
-    before, after = s["eval_before"]["query_ad"], s["eval_after"]["query_ad"]
-    diffs = [a - b for a, b in zip(after, before, strict=True)]
-    lower = _bootstrap_lower(diffs)
-    kl = max(r["kl"] for r in read_log(tmp_path / "learn") if r["kind"] == "train")
-    print(f"held-out reward {sum(before) / len(before):.3f} -> {sum(after) / len(after):.3f}, "
-          f"paired 95% lower bound {lower:.3f}, max KL {kl:.4f}")
-    assert lower > 0 and kl < 0.5
+def test_grpo_raises_held_out_label_reward(policy: Path, tmp_path: Path) -> None:
+    """(a) GRPO on `query_ad` labels (LabelReward: agreement + format) from the shared fixture: the expected
+    reward of the sampling policy on 96 held-out prompts (8 samples each, one fixed sampler seed before and after)
+    rises with a paired bootstrap interval above 0, while every step's KL to the reference stays < KL_BOUND."""
+    out = tmp_path / "learn"
+    s = main(_cfg(policy, out, steps=30, prompts_per_step=8, group_size=4, micro_batch=16, lr=1e-3, beta=0.02,
+                  eval_prompts=96, eval_samples=8, save_every=100))
+    mb, ma, lo, _, kl = _learning_report(s, out, "query_ad")
+    assert lo > 0 and ma > mb and kl < KL_BOUND
+
+
+def test_a_too_long_prompt_is_refused_by_name(policy: Path, tmp_path: Path) -> None:
+    from adnanny_rl.errors import RLConfigError
+
+    with pytest.raises(RLConfigError, match=r"task `query_ad` row `[^`]+`: the prompt has \d+ tokens, more than "
+                                            r"`max_prompt_tokens`=16"):
+        main(_cfg(policy, tmp_path / "long", max_prompt_tokens=16))
+
+
+def test_a_raising_reward_names_its_task_and_rows() -> None:
+    from adnanny_cook.tasks import get_task
+    from adnanny_rl.config import TaskConfig
+    from adnanny_rl.data import PromptRow
+    from adnanny_rl.errors import RewardError
+    from adnanny_rl.train import TaskRuntime, _score
+
+    def broken(rows, completions, *, group_size):  # noqa: ANN001, ANN202
+        raise KeyError("ad_id")
+
+    rows = [PromptRow(id=f"r{i}", input={"query": "q", "ad_title": "t"}, labels={}, extra={}) for i in range(2)]
+    rt = TaskRuntime(cfg=TaskConfig(task="query_ad", data="d"), spec=get_task("query_ad"), train=rows, held=[],
+                     reward=broken)
+    with pytest.raises(RewardError, match=r"task `query_ad`: reward `.*broken.*` raised on rows \['r0', 'r1'\].*"
+                                          r"KeyError: 'ad_id'"):
+        _score(rt, rows, ["a", "b"], 2)

@@ -29,6 +29,8 @@ class TaskConfig(BaseModel):
     task: str = Field(description="adnanny-cook task name (`query_ad`) or a path to a task TOML file")
     data: str = Field(description="rows to draw prompts from: a corpus folder/Parquet (its `split` column is "
                                   "used) or a CSV/JSONL/Parquet of inputs (+ gold labels for labeling tasks)")
+    eval_data: str | None = Field(None, description="held-out prompts from this file/corpus instead of `data`'s "
+                                                    "held-out split (every row of `data` is then trained on)")
     weight: float = Field(1.0, gt=0, description="sampling weight of this task's prompts")
     reward: Literal["labels", "retrieval", "ctr"] = Field(
         "labels", description="labels = agreement with gold; retrieval = eq. 8 recall gain of a frozen "
@@ -39,6 +41,8 @@ class TaskConfig(BaseModel):
     retriever: Literal["bm25", "dense"] = Field("bm25", description="retrieval: BM25 or all-MiniLM-L6-v2")
     metric: Literal["recall", "ndcg"] = Field("recall", description="retrieval: recall@K or NDCG@K")
     k: int = Field(10, ge=1, description="retrieval: K")
+    sample_weight: float = Field(0.0, ge=0, description="retrieval: weight of eq. 8's optional per-sample term "
+                                                         "(the completion's own ad alone)")
     transform: Literal["identity", "scale", "clip", "sign"] = Field("identity", description="g_t of eq. 8")
     transform_scale: float = Field(1.0, description="g_t = scale · Δ when transform = scale")
     world: str | None = Field(None, description="retrieval/ctr: the sample-world folder with the ad catalog "
@@ -76,6 +80,8 @@ class RLConfig(Settings):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
     eval_prompts: int = Field(16, ge=0, description="held-out prompts per task scored greedily before/after")
+    eval_samples: int = Field(0, ge=0, description="0: greedy held-out evaluation; S > 0: S sampled completions "
+                                                   "per held-out prompt (rollout temperature), their mean reward")
     eval_every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     seed: int = Field(0, description="seeds sampling, prompt order and initialisation")

@@ -41,8 +41,10 @@ def _corpus_file(path: Path) -> Path | None:
     return None
 
 
-def load_prompt_rows(data: str | Path, spec: Any) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(train, held-out) prompt rows of task `spec` from `data` (see the module docstring)."""
+def load_prompt_rows(data: str | Path, spec: Any, *, allow_no_train: bool = False
+                     ) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(train, held-out) prompt rows of task `spec` from `data` (see the module docstring); `allow_no_train`
+    accepts a file with held-out rows only (a task's `eval_data`)."""
     p = Path(data)
     if not p.exists():
         raise RLConfigError(f"task `{spec.name}`: `data` `{p}` does not exist")
@@ -76,7 +78,7 @@ def load_prompt_rows(data: str | Path, spec: Any) -> tuple[list[PromptRow], list
                 bucket = int(hashlib.sha256(rid.encode()).hexdigest()[:8], 16) % 10
                 (held if bucket == 0 else train).append(row)
             seen.update(str(r.get("id", "")) for r in chunk)
-    if not train:
+    if not train and not (allow_no_train and held):
         raise RLConfigError(f"task `{spec.name}`: `{p}` holds no training prompts for this task")
     return train, held
 

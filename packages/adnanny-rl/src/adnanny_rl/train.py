@@ -33,7 +33,7 @@ from typing import Any
 from adnanny_rl.config import RLConfig, TaskConfig
 from adnanny_rl.errors import RLConfigError, RewardError
 
-__all__ = ["TaskRuntime", "build_tasks", "evaluate", "main"]
+__all__ = ["TaskRuntime", "build_tasks", "evaluate", "main", "policy_update"]
 
 STATE_FILE = "trainer_state.json"
 
@@ -79,7 +79,8 @@ def _reward_for(t: TaskConfig, spec: Any, train: list[Any], held: list[Any], out
 
         train, held = attach_ad_ids(train, world), attach_ad_ids(held, world)
         return (RetrievalReward(spec, world.ads, clicked_queries(world), k=t.k, metric=t.metric,
-                                retriever=t.retriever, transform=transform, format_penalty=t.format_penalty),
+                                retriever=t.retriever, transform=transform, format_penalty=t.format_penalty,
+                                sample_weight=t.sample_weight),
                 train, held)
     from adnanny_rl.rewards.ctr import CTRModel, CTRReward
 
@@ -124,6 +125,9 @@ def build_tasks(cfg: RLConfig, out_dir: Path, model_dir: Path | None = None) -> 
     for t in cfg.tasks:
         spec = _task_spec(t.task, Path(t.data), model_dir)
         train, held = load_prompt_rows(t.data, spec)
+        if t.eval_data:                       # a separate held-out file: all of `data` trains
+            more, other = load_prompt_rows(t.eval_data, spec, allow_no_train=True)
+            train, held = train + held, more + other
         reward, train, held = _reward_for(t, spec, train, held, out_dir)
         tasks.append(TaskRuntime(cfg=t, spec=spec, train=train, held=held, reward=reward))
     return tasks
@@ -194,20 +198,75 @@ def _rows_slice(batch: Any, lo: int, hi: int) -> Any:
                  loss_mask=batch.loss_mask[lo:hi], sample_weights=batch.sample_weights[lo:hi])
 
 
-def evaluate(engine: Any, tasks: list[TaskRuntime], n: int, max_tokens: int, max_prompt_tokens: int
+def evaluate(engine: Any, tasks: list[TaskRuntime], n: int, max_tokens: int, max_prompt_tokens: int, *,
+             samples: int = 0, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0
              ) -> dict[str, list[float]]:
-    """Greedy completions of the first `n` held-out prompts per task; the reward of each (G = 1 batches)."""
+    """The reward of each of the first `n` held-out prompts per task.
+
+    `samples` = 0: one greedy completion per prompt. `samples` = S > 0: S completions sampled as in the rollouts
+    (`temperature`, `top_p`; one fixed `seed`, so before and after share the sampler's random numbers) and the
+    prompt's value is their mean reward — the expected reward of the sampling policy, which is what GRPO
+    maximises (a greedy answer moves only once the policy's argmax flips).
+
+    A batch-level reward (eq. 8, `batch_level = True`: retrieval) gives one value to a whole batch, so each
+    held-out completion is scored as its own batch — its ad alone expanded, its ad's held-out clicked queries —
+    and the per-prompt values are independent (what a paired bootstrap over prompts needs)."""
     from adnanny_serve.engines import SamplingParams
 
     out: dict[str, list[float]] = {}
+    reps = max(samples, 1)
+    params = (SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed) if samples
+              else SamplingParams(max_tokens=max_tokens, temperature=0.0))
     for rt in tasks:
         rows = rt.held[:n]
         if not rows:
             continue
         prompts = [_render(engine, rt, r, max_prompt_tokens) for r in rows]
-        gens = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-        out[rt.spec.name] = _score(rt, rows, [g.text for g in gens], 1).total
+        gens = engine.generate([p for p in prompts for _ in range(reps)], params)
+        texts = [g.text for g in gens]
+        rep_rows = [r for r in rows for _ in range(reps)]
+        if getattr(rt.reward, "batch_level", False):
+            vals = [_score(rt, [r], [t], 1).total[0] for r, t in zip(rep_rows, texts, strict=True)]
+        else:
+            vals = _score(rt, rep_rows, texts, reps).total
+        out[rt.spec.name] = [sum(vals[i * reps:(i + 1) * reps]) / reps for i in range(len(rows))]
     return out
+
+
+def policy_update(backend: Any, batch: Any, adv: Any, weights: Any, old_logp: Any, ref_logp: Any, cfg: RLConfig
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """μ optimizer steps of the GRPO loss on one rollout batch, micro-batched exactly (step 5 of the recipe).
+
+    `adv` [N] and `weights` [N, T] (from `aggregation_weights` over the whole batch) index the rollout rows;
+    `old_logp` is None when μ = 1 (on-policy: ratio 1 with the gradient A·∇logp). Returns the mean KL, entropy
+    and clip fraction over the μ passes, and the last optimizer step's info."""
+    from adnanny_rl.objective import grpo_loss
+
+    n_rollout = int(batch.input_ids.shape[0])
+    stats: dict[str, float] = defaultdict(float)
+    step_info: dict[str, float] = {}
+    for _ in range(cfg.mu):
+        for lo in range(0, n_rollout, cfg.micro_batch):
+            mb = _rows_slice(batch, lo, min(lo + cfg.micro_batch, n_rollout))
+
+            def loss_fn(logp: Any, rows: Any, lo: int = lo) -> Any:
+                # rows index the micro-batch; lo + rows index the rollout batch (row-additive loss)
+                idx = lo + rows.cpu()
+                w = weights[idx].to(logp)
+                o = grpo_loss(logp, logp.detach() if old_logp is None else old_logp[idx].to(logp),
+                              None if ref_logp is None else ref_logp[idx].to(logp), adv[idx],
+                              batch.loss_mask[idx].to(logp), beta=cfg.beta, clip_low=cfg.clip_low,
+                              clip_high=cfg.clip_high, kl_estimator=cfg.kl_estimator, token_weights=w)
+                stats["kl"] += o.kl / cfg.mu
+                stats["clip_fraction"] += o.clip_fraction * len(idx) / n_rollout / cfg.mu
+                stats["entropy"] += float(-(logp.detach() * w).sum()) / cfg.mu
+                return o.loss
+
+            backend.forward_backward_fn(mb, loss_fn)
+        step_info = backend.optimizer_step()
+        if step_info.get("skipped"):
+            raise RLConfigError(f"non-finite gradient norm {step_info['grad_norm']}; the last checkpoint is kept")
+    return dict(stats), step_info
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -234,7 +293,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     from adnanny_sft.logs import RunLog
     from adnanny_sft.models import load_tokenizer
 
-    from adnanny_rl.objective import aggregation_weights, group_advantages, grpo_loss, zero_advantage_share
+    from adnanny_rl.objective import aggregation_weights, group_advantages, zero_advantage_share
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -253,6 +312,8 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     tasks = build_tasks(cfg, out, policy_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    ev_kw = {"samples": cfg.eval_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
+             "seed": cfg.seed * 1_000_003 + 999_983}
     rng = random.Random(cfg.seed)
     start = 0
     _recover_checkpoint(out)
@@ -276,7 +337,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
         log.truncate_after(start)
         before = st["eval_before"]
     else:
-        before = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens)
+        before = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens, **ev_kw)
         log.write({"kind": "eval", "step": 0, "reward": {k: sum(v) / len(v) for k, v in before.items()}})
 
     from tqdm import tqdm
@@ -313,32 +374,12 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
                                       normalizer=float(n_rollout * cfg.max_completion_tokens))
         old_logp = backend.token_logprobs(batch) if cfg.mu > 1 else None
         ref_logp = reference.token_logprobs(batch) if reference is not None else None
-        stats: dict[str, float] = defaultdict(float)
-        for _ in range(cfg.mu):
-            for lo in range(0, n_rollout, cfg.micro_batch):
-                hi = min(lo + cfg.micro_batch, n_rollout)
-                mb = _rows_slice(batch, lo, hi)
-
-                def loss_fn(logp: Any, rows: Any, lo: int = lo) -> Any:
-                    # rows index the micro-batch; lo + rows index the rollout batch (row-additive loss)
-                    idx = lo + rows.cpu()
-                    w = weights[idx].to(logp)
-                    o = grpo_loss(logp, logp.detach() if old_logp is None else old_logp[idx].to(logp),
-                                  None if ref_logp is None else ref_logp[idx].to(logp), adv[idx],
-                                  batch.loss_mask[idx].to(logp), beta=cfg.beta, clip_low=cfg.clip_low,
-                                  clip_high=cfg.clip_high, kl_estimator=cfg.kl_estimator, token_weights=w)
-                    stats["kl"] += o.kl
-                    stats["clip_fraction"] += o.clip_fraction * len(idx) / n_rollout / cfg.mu
-                    stats["entropy"] += float(-(logp.detach() * w).sum())
-                    return o.loss
-
-                backend.forward_backward_fn(mb, loss_fn)
-            step_info = backend.optimizer_step()
-            if step_info.get("skipped"):
-                raise RLConfigError(f"step {step}: non-finite gradient norm {step_info['grad_norm']}; the last "
-                                    f"checkpoint is kept")
+        try:
+            stats, step_info = policy_update(backend, batch, adv, weights, old_logp, ref_logp, cfg)
+        except RLConfigError as e:
+            raise RLConfigError(f"step {step}: {e}") from None
         engine.load_weights()                    # policy changed in place: drop cached prefixes
-        rec: dict[str, Any] = {"kind": "train", "step": step, "kl": stats["kl"] / cfg.mu, "entropy": stats["entropy"] / cfg.mu,
+        rec: dict[str, Any] = {"kind": "train", "step": step, "kl": stats["kl"], "entropy": stats["entropy"],
                                "clip_fraction": stats["clip_fraction"], "grad_norm": step_info["grad_norm"],
                                "zero_advantage_share": zero_advantage_share(rewards),
                                "seconds": time.perf_counter() - t0, "tasks": {}}
@@ -347,7 +388,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
             if "parsed" in comps:
                 rec["tasks"][name]["parse_error_rate"] = 1.0 - rec["tasks"][name]["parsed"]
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            ev = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens)
+            ev = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens, **ev_kw)
             log.write({"kind": "eval", "step": step, "reward": {k: sum(v) / len(v) for k, v in ev.items()}})
         log.write(rec)
         bar.update(1)
@@ -355,7 +396,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
         if step % cfg.save_every == 0 or step == cfg.steps:
             _save(out, backend, rng, tasks, step, cfg, ref_hash, before)
     bar.close()
-    after = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens)
+    after = evaluate(engine, tasks, cfg.eval_prompts, cfg.max_completion_tokens, cfg.max_prompt_tokens, **ev_kw)
     log.write({"kind": "eval", "step": cfg.steps, "reward": {k: sum(v) / len(v) for k, v in after.items()}})
     log.close()
     model_dir = backend.export(out / "model", tokenizer=tokenizer)

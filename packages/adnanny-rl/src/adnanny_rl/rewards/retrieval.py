@@ -31,12 +31,20 @@ class RetrievalReward:
     `ads`: ad id -> document text (title + description); `heldout`: held-out clicked query -> ids of the ads it
     was clicked on. Each row must carry the ad id under `ad_field`; completions are parsed with the task
     definition's generation parser (an unparseable completion injects nothing and gets `format_penalty` added).
+
+    `sample_weight` > 0 adds eq. 8's optional per-sample term: ``sample_weight · g(M_with − M_base)`` of the
+    completion's OWN ad alone (only its document expanded, only its ad's held-out queries). The batch term gives
+    a completion 1/P of the credit for its batch's gain; the per-sample term gives it its own, which is what a
+    small run needs to learn at all (component `own_gain`).
     """
+
+    #: one value per reward batch (eq. 8): the recipe scores each held-out prompt as its own batch
+    batch_level = True
 
     def __init__(self, spec: Any, ads: Mapping[str, str], heldout: Mapping[str, Sequence[str]], *, k: int = 10,
                  metric: str = "recall", retriever: str = "bm25", encoder: Callable[[Sequence[str]], Any] | None
                  = None, transform: RewardTransform | None = None, ad_field: str = "ad_id",
-                 format_penalty: float = -0.1) -> None:
+                 format_penalty: float = -0.1, sample_weight: float = 0.0) -> None:
         from adnanny_eval.ranking import ndcg_at_k, recall_at_k
 
         if metric not in ("recall", "ndcg"):
@@ -51,6 +59,8 @@ class RetrievalReward:
         self.spec, self.k, self.retriever, self.ad_field = spec, k, retriever, ad_field
         self.transform = transform or RewardTransform()
         self.format_penalty = float(format_penalty)
+        self.sample_weight = float(sample_weight)
+        self._base_cache: dict[str, float] = {}
         self._score_one = recall_at_k if metric == "recall" else ndcg_at_k
         self.ad_ids = list(ads)
         self.docs = [ads[a] for a in self.ad_ids]
@@ -130,4 +140,17 @@ class RetrievalReward:
             for i in rows_j:
                 gain[i] = delta
                 total[i] = r + (0.0 if parsed[i] else self.format_penalty)
-        return RewardOutput(total=total, components={"metric_gain": gain, "parsed": parsed})
+        comps = {"metric_gain": gain, "parsed": parsed}
+        if self.sample_weight:
+            own = [0.0] * n
+            for i in range(n):
+                ad = str(rows[i][self.ad_field])
+                qs = self.by_ad.get(ad, [])
+                if not qs or not generated[i]:
+                    continue
+                if ad not in self._base_cache:                 # the catalog is frozen: M_base per ad is fixed
+                    self._base_cache[ad] = self.metric({}, qs)
+                own[i] = self.metric({ad: generated[i]}, qs) - self._base_cache[ad]
+                total[i] += self.sample_weight * self.transform(own[i])
+            comps["own_gain"] = own
+        return RewardOutput(total=total, components=comps)
