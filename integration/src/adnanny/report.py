@@ -67,8 +67,13 @@ _VIEW_TABLE = {"bad": (1, "Query–ad relevance (Bad defect view)"),
                "ad-user": (5, "Ad–user relevance labeling metrics")}
 _SYSTEM_NAMES = {"prompted": "prompted teacher (4o-1120 analog)", "lexical": "lexical baseline",
                  "adnanny": "AdNanny", "adnanny_fp8": "AdNanny (FP8)", "teacher": "teacher",
+                 "adnanny_reasoning": "AdNanny (label+reasoning)",
                  "student": "student (w/o DQC)", "student_dqc": "student (with DQC)"}
-_SYSTEM_ORDER = ("prompted", "lexical", "teacher", "adnanny", "adnanny_fp8", "student", "student_dqc")
+_SYSTEM_ORDER = ("prompted", "lexical", "teacher", "adnanny", "adnanny_reasoning", "adnanny_fp8", "student",
+                 "student_dqc")
+#: metric keys in the paper's column order (Table 6 and own tables print known keys in this order first)
+_METRIC_ORDER = ("dr", "model_dr", "bacc", "acc", "pos_acc", "pos_prec", "neg_acc", "neg_prec", "pos_f1", "neg_f1",
+                 "auc")
 
 
 # ---------------------------------------------------------------------------------------------------- blocks
@@ -405,6 +410,7 @@ def _section_table6(r: Report, distill: Mapping[str, Any] | None) -> None:
     for task, systems in t6.items():
         systems = systems or {}
         names = list(dict.fromkeys(k for s in systems.values() for k in ((s or {}).get("metrics") or {})))
+        names = [k for k in _METRIC_ORDER if k in names] + [k for k in names if k not in _METRIC_ORDER]
         r.h(3, f"Table 6 — {task}")
         rows = []
         for s in ("teacher", "adnanny", "student", "student_dqc", *[x for x in systems if x not in
@@ -418,7 +424,8 @@ def _section_table6(r: Report, distill: Mapping[str, Any] | None) -> None:
             rows.append([_sname(s), *[(pct(met.get(k)) + (f" {_ci(_get(sm, 'ci', k))}"
                                                            if _get(sm, "ci", k) else "")) for k in names],
                          str(sm.get("n", NOT_MEASURED))])
-        r.table(["Model", *names, "n"], rows)
+        titles = {"dr": "DR", **{k: t for t, k in _QA_COLS}}
+        r.table(["Model", *[titles.get(k, k) for k in names], "n"], rows)
         key = "bacc" if "bacc" in names else (names[0] if names else None)
         s, d = _get(systems, "student", "metrics", key or ""), _get(systems, "student_dqc", "metrics", key or "")
         if key and _num(s) is not None and _num(d) is not None:
@@ -502,8 +509,16 @@ def _section_cook(r: Report, cook: Mapping[str, Any] | None) -> None:
         for task, g in golden.items():
             g = g or {}
             meas, thr = g.get("measured") or {}, g.get("thresholds") or {}
-            checks = "; ".join(f"{k} {_fmtv(meas.get(k))} (threshold {_fmtv(thr.get(k))})"
-                               for k in dict.fromkeys([*thr, *meas]))
+            variants = meas.get("variants") if isinstance(meas.get("variants"), Mapping) else {}
+
+            def measured(k: str) -> str:
+                if k in meas or not variants:
+                    return _fmtv(meas.get(k))
+                per = [f"{var} {_fmtv(_get(vals, k))}" for var, vals in variants.items() if _get(vals, k) is not None]
+                return ", ".join(per) if per else NOT_MEASURED
+
+            checks = "; ".join([f"{k} {measured(k)} (threshold {_fmtv(thr.get(k))})" for k in thr] +
+                               [f"{k} {_fmtv(v)}" for k, v in meas.items() if k not in thr and _num(v) is not None])
             rows.append([task, "passed" if g.get("passed") else "FAILED", checks or NOT_MEASURED,
                          str(g.get("action", NOT_MEASURED))])
         r.table(["task", "golden gate", "measured vs threshold", "action"], rows)
@@ -522,7 +537,7 @@ def _fmtv(v: Any) -> str:
     x = _num(v)
     if x is None:
         return NOT_MEASURED if v is None else str(v)
-    return f"{x * 100:.1f}%" if 0 <= x <= 1 and not float(x).is_integer() else f"{x:g}"
+    return f"{x * 100:.1f}%" if isinstance(v, float) and 0 <= x <= 1 else f"{x:g}"
 
 
 def _section_train(r: Report, train: Mapping[str, Any] | None, run_dir: Path) -> None:
