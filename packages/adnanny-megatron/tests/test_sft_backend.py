@@ -159,7 +159,7 @@ def test_sft_train_megatron_backend_equals_hf_backend_one_process(sft_world, tmp
     """`adnanny-sft train --backend megatron` (found through the entry point; one process = a 1-rank world) runs
     the recipe — same formatting, sampler, instance weights, logs, checkpoints — and its loss curve equals the HF
     backend's within 1e-5 rel. per step; its in-training evaluation and threshold use the forward-only
-    log-likelihood scorer; there is no HF export (the checkpoint is the model)."""
+    log-likelihood scorer; the exported model is the last checkpoint converted by adnanny-ckpt."""
     import json
     import subprocess
     import sys
@@ -185,10 +185,24 @@ def test_sft_train_megatron_backend_equals_hf_backend_one_process(sft_world, tmp
     assert evals[0]["details"]["query_ad"]["parse_error_rate"] == 0.0  # scored, never parsed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["backend"] == "megatron" and manifest["steps"] == steps
-    assert "query_ad" in manifest["thresholds"]  # calibrated through the scorer
-    assert "has no HF export" in res.stderr and not (out / "model").exists()
     ckpt = out / "checkpoints" / f"step-{steps:08d}"
     assert (ckpt / "trainer_state.json").is_file() and (ckpt / "metadata.json").is_file()
+    # the export is the last checkpoint merged by adnanny-ckpt; the threshold calibrated through the
+    # log-likelihood scorer on the sharded model equals HF scoring of the exported model
+    from adnanny_sft.data import read_rows, task_specs
+    from adnanny_sft.export import calibrate_tasks, read_model_manifest
+    from adnanny_sft.hf_backend import load_causal_lm
+    from adnanny_sft.models import load_tokenizer
+
+    model_dir = out / "model"
+    th = manifest["thresholds"]["query_ad"]  # calibrated through the scorer
+    assert read_model_manifest(model_dir)["tasks"]["query_ad"]["threshold"] == th["threshold"]
+    corpus = sft_world[0]
+    specs = task_specs(str(corpus), {"query_ad", "ad_user"}, labels=[])
+    hf = calibrate_tasks(load_causal_lm(model_dir), load_tokenizer(model_dir), specs,
+                         read_rows(str(corpus), split="eval"), method="max_bacc", max_rows=2000)
+    assert hf["query_ad"]["threshold"] == pytest.approx(th["threshold"], abs=1e-4)
+    assert hf["query_ad"]["val_auc"] == pytest.approx(th["val_auc"], abs=1e-6)
 
 
 @pytest.mark.slow  # ~1-4 min on the shared CPU (54 s at load 4-6): 4 ranks under torchrun plus the HF run

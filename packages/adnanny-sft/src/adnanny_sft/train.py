@@ -26,7 +26,8 @@ Backends: ``backend = "hf"`` (built in) or a name registered in the entry-point 
 (adnanny-megatron: ``megatron``). A distributed backend runs this same loop on every rank under ``torchrun``:
 every rank formats the same data and draws the same batches (the sampler is seeded), the backend splits each
 batch over its layout and returns the per-sample losses on every rank, and rank 0 alone writes logs, manifest
-and the trainer state beside the backend's own (collective) checkpoint files. The task-weight evaluation (eq.
+and the trainer state beside the backend's own (collective) checkpoint files; the exported model is the last
+checkpoint merged into an HF folder by adnanny-ckpt (``mcore_to_hf``, from the descriptor the backend saves). The task-weight evaluation (eq.
 6-7) on such a backend scores each label value by its log-likelihood after the prompt and open tag (forward only,
 ``adnanny_sft.backend.BackendScorer``) instead of generating: a pipeline-sharded model has no cheap decoding
 loop, and the value with the highest probability is what greedy decoding would emit first after the open tag.
@@ -586,13 +587,40 @@ def _train_locked(cfg: SFTConfig, out: Path, is_main: bool, model_spec: Any, tok
         write_model_manifest(model_dir, specs, thresholds, base_model=cfg.model, corpus=cfg.corpus,
                              extra={"sft": {"steps": step, "labels": cfg.labels, "target_forms": cfg.target_forms,
                                             "class_balance": cfg.class_balance}})
-    elif cfg.export and is_main:  # e.g. Megatron: the model is the last checkpoint (torch_dist + descriptor)
-        print(f"adnanny-sft: the `{cfg.backend}` backend has no HF export; the trained model is the checkpoint "
-              f"`{last_good}` (convert it to HF with `adnanny-ckpt mcore-to-hf`)", file=sys.stderr, flush=True)
+    elif cfg.export and is_main:  # e.g. Megatron: the last checkpoint, converted by adnanny-ckpt
+        model_dir = _export_checkpoint(last_good, out / "model", cfg.backend)
+        if model_dir is not None:
+            write_model_manifest(model_dir, specs, thresholds, base_model=cfg.model, corpus=cfg.corpus,
+                                 extra={"sft": {"steps": step, "labels": cfg.labels, "backend": cfg.backend,
+                                                "target_forms": cfg.target_forms, "class_balance": cfg.class_balance}})
     if is_main:
         _write_manifest(out, cfg, data_info, metrics, step, thresholds)
     return TrainResult(output_dir=out, steps=step, model_dir=model_dir, metrics=metrics, data=data_info,
                        resumed_from=resumed_from, is_main=is_main)
+
+
+def _export_checkpoint(ckpt: Path | None, dest: Path, backend: str) -> Path | None:
+    """A backend without ``export`` (Megatron): its last checkpoint carries adnanny-ckpt's descriptor
+    (``adnanny_ckpt.json``), so ``adnanny_ckpt.mcore_to_hf`` merges it into an HF folder (into a temporary name,
+    then renamed: a crash leaves no half model). Without a descriptor the checkpoint stays the model (said)."""
+    import shutil
+
+    if ckpt is None or not (Path(ckpt) / "adnanny_ckpt.json").is_file():
+        print(f"adnanny-sft: the `{backend}` backend has no HF export and its checkpoint `{ckpt}` no adnanny-ckpt "
+              "descriptor; the checkpoint is the model", file=sys.stderr, flush=True)
+        return None
+    from adnanny_ckpt import mcore_to_hf
+
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        mcore_to_hf(str(ckpt), str(tmp), overwrite=True, progress=False)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _write_manifest(out: Path, cfg: SFTConfig, data: dict[str, Any], metrics: dict[str, float], step: int,
