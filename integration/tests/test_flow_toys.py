@@ -151,7 +151,7 @@ class ToyLabel:
                      "cost": {"label_only": {"usd_per_1m": 12.5, "usd_per_s": 0.0027, "samples_per_s": 4.0}},
                      "injection": {"n": 4, "changed": 1, "rate": 0.25}},
             artifacts={"predictions": "predictions.jsonl"},
-            lineage={"model": str(ctx.inputs["train"] / "model")})
+            lineage={"model": str(ctx.inputs["train"] / "model"), "prompted_model": "toy-teacher"})
 
     def supports(self, config: Any, flow: Any) -> list[Support]:
         return [Support("toy labeling on CPU", True),

@@ -82,6 +82,8 @@ def test_label_to_teacher_exchange(run: tuple[Path, dict]) -> None:
     assert cook["trace"] == {"teacher_prompt": corpus["r3"]["prompt"], "teacher_response": corpus["r3"]["response"]}
     text = format_lineage(tree)
     assert "teacher_response: <Reason>because 3</Reason>" in text
+    assert {"what": "prompted_model", "value": "toy-teacher"} in root["from"]  # a name, not a path
+    assert "<- prompted_model: toy-teacher\n" in text + "\n"
 
 
 def test_walk_starts_at_the_latest_stage_and_follows_upstream_ids(run: tuple[Path, dict]) -> None:
@@ -109,7 +111,7 @@ def test_a_moved_run_dir_keeps_its_lineage(run: tuple[Path, dict], tmp_path: Pat
     moved = tmp_path / "moved"
     shutil.copytree(d, moved)
     tree = trace_lineage(moved, "r1", st)
-    assert all(e["exists"] for e in tree["root"]["from"])
+    assert all(e["exists"] for e in tree["root"]["from"] if "path" in e)
     assert tree["root"]["from"][0]["path"].startswith(str(moved))
 
 

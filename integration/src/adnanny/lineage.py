@@ -45,7 +45,13 @@ def _node(name: str, run_dir: Path, row_id: str, stages: Mapping[str, Any], seen
     next_id = row_id
     if isinstance(node["trace"], Mapping) and node["trace"].get("upstream_id") is not None:
         next_id = str(node["trace"]["upstream_id"])
-    for what, rel in (m.lineage.items() if m else []):
+    # "model" first: the walk's main line is label -> the model that produced it -> its corpus and base model
+    items = sorted(m.lineage.items() if m else [], key=lambda kv: (kv[0] != "model", kv[0] != "policy"))
+    for what, rel in items:
+        if not Path(rel).is_absolute() and not (run_dir / Path(rel).parts[0] / "manifest.json").is_file():
+            # the engine keeps in-run paths relative to the run dir and others absolute: this is a plain value
+            node["from"].append({"what": what, "value": rel})
+            continue
         p = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         up = _stage_of(p, run_dir)
         entry: dict[str, Any] = {"what": what, "path": str(p), "exists": p.exists()}
@@ -114,6 +120,9 @@ def format_lineage(tree: Mapping[str, Any], *, full: bool = False) -> str:
         elif t is None:
             lines.append(f"{pad}  · (this stage has no record of the id)")
         for e in node.get("from", []):
+            if "value" in e:
+                lines.append(f"{pad}  <- {e['what']}: {e['value']}")
+                continue
             where = "" if e.get("exists", True) else "  (missing!)"
             if "node" in e:
                 lines.append(f"{pad}  <- {e['what']}: {e['path']}{where}")
