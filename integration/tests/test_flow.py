@@ -75,7 +75,9 @@ def test_changed_config_reruns_that_stage_and_downstream_only(tmp_path: Path) ->
     run_flow(cfg, st, log=logs.append, report=False)
     assert read_manifest(tmp_path / "r" / "cook").key == cook_key
     assert read_manifest(tmp_path / "r" / "train").config["steps"] == 7
-    assert any("cook: skipped" in s for s in logs) and any("label: running" in s for s in logs)
+    assert any("cook: skipped" in s for s in logs)
+    assert any("train: rerunning (config keys ['steps'])" in s for s in logs)
+    assert any("label: rerunning (inputs ['train'])" in s for s in logs)
     # a changed seed changes every key
     assert {p.action for p in plan_flow(_cfg(tmp_path / "r", seed=5), st)} == {"rerun", "run"}
 

@@ -353,6 +353,24 @@ def _lineage_path(v: str, out: Path, run_dir: Path) -> str:
     return _relpath(p, run_dir) if p.exists() else v
 
 
+def _what_changed(old: Manifest, new: Mapping[str, Any]) -> str:
+    """Why a finished stage's key changed, in words (the log line of a rerun)."""
+    parts: list[str] = []
+    keys = sorted(k for k in set(old.config) | set(new["config"]) if old.config.get(k) != new["config"].get(k))
+    if keys:
+        parts.append(f"config keys {keys}")
+    if old.flow.get("seed") != new["flow"].get("seed"):
+        parts.append("seed")
+    if old.tasks != new["tasks"]:
+        parts.append("task definitions")
+    ups = [k for k, v in new["inputs"].items() if old.inputs.get(k, {}).get("outputs_hash", old.inputs.get(k, {})
+                                                                             .get("sha256")) !=
+           v.get("outputs_hash", v.get("sha256"))]
+    if ups:
+        parts.append(f"inputs {ups}")
+    return ", ".join(parts) or "the stage's version"
+
+
 def _check_result(name: str, res: Any, out: Path) -> StageResult:
     if not isinstance(res, StageResult):
         raise FlowError(f"stage `{name}` returned {type(res).__name__}, not a StageResult")
@@ -419,7 +437,8 @@ def run_flow(cfg: Any, stages: Mapping[str, Stage], *, log: Callable[[str], None
                                    for r in have}, **data},
                         versions=vers, resumed=resume)
             write_json(out / MANIFEST, Manifest(status="running", **base).dump())
-            how = f"resuming (attempt {attempts})" if resume else "running"
+            how = f"resuming (attempt {attempts})" if resume else \
+                ("running" if old is None else f"rerunning ({_what_changed(old, base)})")
             log(f"[{i}/{n}] {name}: {how} -> {out}")
             ctx = StageContext(name=name, out=out, run_dir=run_dir,
                                inputs={r: run_dir / r for r in have}, config=getattr(cfg, name), flow=cfg,
