@@ -6,14 +6,14 @@ format, so rewards vary within a group) on the same rendered `query_ad` label-on
 with the same reward (adnanny-rl's `LabelReward`: per-field agreement, −1 for unparseable output). Settings are
 set on both sides, not left to defaults: G = 4 completions per prompt, 2 prompts per step (batch 8), 24 completion
 tokens, temperature 1, β = 0.04 with the k3 estimator (TRL's), token-mean aggregation (TRL's "dapo"), group std
-scaling, μ = 1, lr 1e-5 constant, no gradient checkpointing (TRL turns it on by default; it only trades speed
+scaling, μ = 1, one constant lr (`--lr`), no gradient checkpointing (TRL turns it on by default; it only trades speed
 for memory), no warm-up. Each side runs in its own subprocess so peak RSS is its own.
 
 Measured: steps/s over the training loop (setup excluded), generated tokens/s, peak RSS, the mean training
 reward of the last half of the steps, and the greedy held-out reward after training computed by the SAME
 evaluation code on both trained models. `ratio` = ours / TRL in steps per second.
 
-    python benchmarks/rl_speed.py [--steps 12] [--model DIR] [--threads 2]
+    python benchmarks/rl_speed.py [--steps 40] [--lr 5e-4] [--model DIR] [--threads 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rl_speed.json"
-G, PROMPTS, MAX_TOKENS, BETA, LR = 4, 2, 24, 0.04, 1e-5
+G, PROMPTS, MAX_TOKENS, BETA = 4, 2, 24, 0.04
 
 
 def _prompts(args: argparse.Namespace, engine_like: object | None = None) -> tuple[list[dict], list[dict]]:
@@ -69,7 +69,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     cfg = load_config(None, overrides=dict(
         policy=args.model, output_dir=str(out), steps=args.steps, prompts_per_step=PROMPTS, group_size=G,
         micro_batch=PROMPTS * G, beta=BETA, kl_estimator="k3", loss_aggregation="token-mean", scale_std=True, mu=1,
-        max_completion_tokens=MAX_TOKENS, temperature=1.0, lr=LR, eval_prompts=0, save_every=10_000,
+        max_completion_tokens=MAX_TOKENS, temperature=1.0, lr=args.lr, eval_prompts=0, save_every=10_000,
         seed=0, tasks=[{"task": "query_ad", "data": str(Path(args.sample) / "corpus"), "mode": "label"}]))
     t0 = time.perf_counter()
     train_main(cfg)
@@ -127,7 +127,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
     cfg = GRPOConfig(output_dir=str(Path(args.tmp) / "trl"), use_cpu=True, bf16=False, max_steps=args.steps,
                      per_device_train_batch_size=PROMPTS * G, num_generations=G, max_completion_length=MAX_TOKENS,
                      temperature=1.0, beta=BETA, loss_type="dapo", scale_rewards="group", num_iterations=1,
-                     learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
+                     learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
                      logging_steps=1, save_strategy="no", report_to=[], seed=0, shuffle_dataset=False,
                      dataloader_num_workers=0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -149,9 +149,10 @@ def worker_trl(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lr", type=float, default=5e-4, help="one constant learning rate for both sides")
     p.add_argument("--eval-prompts", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="", help="policy HF dir (default: adnanny-sft's fine-tuned tiny fixture)")
     p.add_argument("--sample", default="", help="sample world dir (default: the fixture's)")
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -172,7 +173,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for side in ("ours", "trl"):
             cmd = [sys.executable, __file__, "--worker", side, "--tmp", tmp, "--steps", str(args.steps),
-                   "--eval-prompts", str(args.eval_prompts), "--threads", str(args.threads), "--model", args.model,
+                   "--eval-prompts", str(args.eval_prompts), "--lr", str(args.lr), "--threads", str(args.threads), "--model", args.model,
                    "--sample", args.sample]
             res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
             line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
@@ -188,7 +189,7 @@ def main() -> None:
               f"held-out {r['held_out_reward']:.3f}")
     print(f"ratio (ours / TRL, steps per second): {ratio:.2f}; loadavg before {load_before}, after {load_after}")
     payload = {"benchmark": "rl_speed", "ratio": ratio, "model": args.model, "steps": args.steps, "group_size": G,
-               "prompts_per_step": PROMPTS, "max_completion_tokens": MAX_TOKENS, "beta": BETA, "lr": LR,
+               "prompts_per_step": PROMPTS, "max_completion_tokens": MAX_TOKENS, "beta": BETA, "lr": args.lr,
                "kl_estimator": "k3", "loss": "token-mean (TRL dapo)", "num_iterations": 1, "threads": args.threads,
                "results": results, "loadavg_before": load_before, "loadavg_after": load_after,
                "trl_version": __import__("trl").__version__}
