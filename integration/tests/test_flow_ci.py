@@ -124,3 +124,33 @@ def test_sigkill_mid_stage_resumes_with_the_same_labels(ci_run: tuple[Path, floa
         a, b = pl.read_parquet(f), pl.read_parquet(out / "label" / "predictions" / f.name)
         cols = [c for c in a.columns if c not in ("raw", "label_probs", "score")]
         assert a.select(cols).equals(b.select(cols)), f.name
+
+
+def test_the_same_flow_on_your_own_task_file_and_csv(tmp_path: Path) -> None:
+    """A user's task TOML (query_ad renamed) and a CSV with their own column names, through every stage."""
+    import polars as pl
+
+    from adnanny_cook.sample import make_sample
+    from adnanny_cook.tasks import get_task, task_to_toml
+
+    make_sample(tmp_path / "world", seed=3, sizes={"queries": 1500, "corpus_query_ad": 1200},
+                tokenizer=False)
+    rows = pl.read_parquet(tmp_path / "world" / "query_ad.parquet").filter(~pl.col("noisy"))
+    rows.select(pl.col("id").alias("row_id"), pl.col("query").alias("search_term"), pl.col("ad_title").alias("title"),
+                pl.col("ad_description").alias("description"), pl.col("ad_url").alias("landing_url"),
+                pl.col("label").alias("grade"), "location_label", "quality_label").write_csv(tmp_path / "mine.csv")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_relevance.toml").write_text(
+        task_to_toml(get_task("query_ad")).replace('name = "query_ad"', 'name = "my_relevance"', 1))
+    flow = tmp_path / "flow.toml"
+    flow.write_text(CI_CONFIG.read_text().replace('tasks = ["query_ad"]', 'tasks = ["tasks/my_relevance.toml"]')
+                    + '\n[data.my_relevance]\npath = "mine.csv"\ncolumns = "id=row_id,query=search_term,'
+                      'ad_title=title,ad_description=description,ad_url=landing_url,label=grade"\n')
+    out = tmp_path / "run"
+    r = _adnanny("run", "--config", str(flow), "--out", str(out), "--cook.teacher", "none")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    for name in STAGE_ORDER:
+        assert read_manifest(out / name).status == "done", name
+    m = read_manifest(out / "cook")
+    assert "my_relevance" in m.tasks and m.inputs["data.my_relevance"]["sha256"]
+    assert "my_relevance" in read_manifest(out / "label").metrics["tables"]
