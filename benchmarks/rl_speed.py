@@ -173,7 +173,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for side in ("ours", "trl"):
             cmd = [sys.executable, __file__, "--worker", side, "--tmp", tmp, "--steps", str(args.steps),
-                   "--eval-prompts", str(args.eval_prompts), "--lr", str(args.lr), "--threads", str(args.threads), "--model", args.model,
+                   "--eval-prompts", str(args.eval_prompts), "--lr", str(args.lr), "--threads", str(args.threads),
+                   "--model", args.model,
                    "--sample", args.sample]
             res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
             line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]

@@ -173,3 +173,25 @@ def test_a_raising_reward_names_its_task_and_rows() -> None:
     with pytest.raises(RewardError, match=r"task `query_ad`: reward `.*broken.*` raised on rows \['r0', 'r1'\].*"
                                           r"KeyError: 'ad_id'"):
         _score(rt, rows, ["a", "b"], 2)
+
+
+@pytest.mark.slow
+def test_grpo_raises_held_out_retrieval_reward(policy: Path, tmp_path: Path) -> None:
+    """(b) GRPO on `keyword_query` with the retrieval reward: generated queries are injected doc2query-style into
+    the frozen BM25 index of the fixture world's catalog; the reward is g(NDCG@10 with − without) of the held-out
+    sessions' clicked queries (eq. 8 batch term + the per-sample term of the completion's own ad). The policy is
+    `query_writer_fixture()` (the shared fixture warm-started on the world's keyword -> query pairs, cached); the
+    eval ads never appear in its warm start nor in the RL prompts."""
+    from adnanny_rl.testing import query_writer_fixture, retrieval_prompt_files, world_of_fixture
+
+    writer = query_writer_fixture(policy, threads=1)
+    world = world_of_fixture(writer)
+    train, held = retrieval_prompt_files(world, tmp_path / "prompts")
+    out = tmp_path / "learn-retrieval"
+    task = {"task": "keyword_query", "data": str(train), "eval_data": str(held), "world": str(world),
+            "reward": "retrieval", "metric": "ndcg", "k": 10, "transform": "scale", "transform_scale": 10.0,
+            "sample_weight": 3.0, "format_penalty": -1.0}
+    s = main(_cfg(writer, out, steps=40, prompts_per_step=4, group_size=8, micro_batch=32, lr=5e-4, beta=0.02,
+                  max_completion_tokens=16, eval_prompts=64, eval_samples=4, save_every=100, tasks=[task]))
+    mb, ma, lo, _, kl = _learning_report(s, out, "keyword_query")
+    assert lo > 0 and ma > mb and kl < KL_BOUND
