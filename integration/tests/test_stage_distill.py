@@ -76,7 +76,7 @@ def test_distill_trace_walks_back_to_adnannys_output(run, model: Path) -> None:
     rid = corpus["id"][0]
     t = STAGE.trace(ctx.out, rid)
     assert t["corpus"]["id"] == rid and t["corpus"]["provenance"]["teacher"] == "adnanny"
-    assert t["adnanny_output"]["id"] == rid[:-2] and t["model"] == str(model.resolve())
+    assert t["adnanny_output"]["id"] == rid[:-2] == t["upstream_id"] and t["model"] == str(model.resolve())
     held = pl.read_parquet(ctx.out.parent / "label" / "heldout" / "query_ad.parquet")["id"][0]
     assert "student" in STAGE.trace(ctx.out, held)
     assert STAGE.trace(ctx.out, "nope") is None

@@ -176,8 +176,9 @@ class DistillStage:
             data = rows[key]
             if not any(r["split"] == "train" for r in data):
                 # an honest empty row of Table 6, not a crash: DQC may reject every output of a weak model
-                notes.append(f"{system} not trained: no AdNanny output {'passed DQC' if key == 'corpus_dqc' else 'parsed'}"
-                             f" (funnel: {json.dumps(funnel, sort_keys=True)}).")
+                what = "passed DQC" if key == "corpus_dqc" else "parsed"
+                notes.append(f"{system} not trained: no AdNanny output {what} "
+                             f"(funnel: {json.dumps(funnel, sort_keys=True)}).")
                 for stale in (ctx.out / key, ctx.out / system):  # from an earlier attempt on other outputs
                     shutil.rmtree(stale, ignore_errors=True)
                 continue
@@ -204,12 +205,13 @@ class DistillStage:
                 eng = load_engine(str(sdir), device=cfg.device, batch_size=cfg.batch_size)
                 _label(eng, sdir, label_dir / "heldout" / f"{name}.parquet", out, lcfg, task=name)
                 preds[system] = pl.read_parquet(out)
-            table6[name] = {s: {k: v for k, v in evaluate_system(name, vk, view, gold, preds[s], cfg.n_resamples,
-                                                                   seed).items()}
+            table6[name] = {s: evaluate_system(name, vk, view, gold, preds[s], cfg.n_resamples, seed)
                             for s in SYSTEMS if s in preds}
-        notes[:0] = [f"Table 6 ({', '.join(f'{t}: {v} view' for t, v in views.items())}): teacher = the prompted teacher "
-                 "model, AdNanny = the label stage's label-only predictions, students trained on AdNanny's outputs "
-                 "without / with DQC, all on the label stage's held-out rows."]
+        shown = ", ".join(f"{t}: {v} view" for t, v in views.items())
+        notes[:0] = [f"AdNanny is {src_stage}'s model; students: {cfg.student_model}.",
+                     f"Table 6 ({shown}): teacher = the prompted teacher model, AdNanny = the label stage's "
+                     "label-only predictions, students trained on AdNanny's outputs without / with DQC, all on the "
+                     "label stage's held-out rows."]
         for name, f in funnel.items():
             drops = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
             notes.append(f"{name}: AdNanny labeled {f['pool']} pool inputs, {f['parsed']} parsed, DQC kept "
@@ -219,7 +221,7 @@ class DistillStage:
             artifacts={**{s: f"{s}/model" for s in students},
                        **{k: k for k in ("corpus", "corpus_dqc") if (ctx.out / k / "corpus.parquet").is_file()}},
             notes=notes,
-            lineage={"model": str(model_dir), "source_stage": src_stage, "student_base": cfg.student_model},
+            lineage={"model": str(model_dir), "corpus": str(corpus_dir(cook))},
         )
 
     @staticmethod
@@ -287,6 +289,8 @@ class DistillStage:
                     r = df.row(0, named=True)
                     found[key] = {"id": r["id"], "labels": json.loads(r["labels"]),
                                   "provenance": json.loads(r["provenance"])}
+                    # the pool input is a cook corpus row: lineage continues there (its teacher prompt/response)
+                    found["upstream_id"] = found[key]["provenance"]["id"]
         for p in sorted((out / "pool").glob("*.parquet")):
             if ".inputs" in p.name:
                 continue

@@ -597,11 +597,15 @@ class LabelStage:
         if cfg.device == "cpu":
             notes.append("Throughput was measured on this machine's CPU; Table 10 prices it at "
                          f"${cfg.gpu_dollars_per_s}/s (the paper's GPU price) only to show the computation.")
-        lineage = {"model": str(model_dir), "source_stage": src_stage}
+        # paths only (`adnanny lineage` walks them): the model dir lies in the train or align stage's folder
+        lineage = {"model": str(model_dir)}
         if fp8_dir is not None:
             lineage["fp8_model"] = str(fp8_dir)
         if cfg.prompted_model:
-            lineage["prompted_model"] = cfg.prompted_model
+            from adnanny_ckpt.models import resolve_model
+
+            lineage["prompted_model"] = str(resolve_model(cfg.prompted_model))
+        notes.append(f"AdNanny is {src_stage}'s model ({model_dir}).")
         return StageResult(metrics=metrics, artifacts=artifacts, notes=notes, lineage=lineage)
 
     # ------------------------------------------------------------------------------------------------ helpers

@@ -134,7 +134,7 @@ class QuantizeStage:
             notes.append("This model is small enough that the BF16 embeddings, norms and lm_head (never quantized) "
                          "dominate its size; at DeepSeek-V3 scale the projections are >95% of the weights.")
         return StageResult(metrics=metrics, artifacts={"model": FP8_DIR}, notes=notes,
-                           lineage={"quantized_from": str(src), "source_stage": src_stage})
+                           lineage={"quantized_from": str(src)})
 
     def supports(self, config: Any, flow: Any) -> list[Support]:
         cuda = _cuda_available()
