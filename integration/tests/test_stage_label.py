@@ -135,9 +135,20 @@ def test_users_own_csv_with_column_map(model: Path, tmp_path: Path) -> None:
     assert res.metrics["tables"]["query_ad"]["bad"]["adnanny"]["n"] == 12
     assert set(res.metrics["tables"]["query_ad"]["bad"]) == {"adnanny"}
     assert "precision" not in res.metrics and any("your file" in n for n in res.notes)
+    assert not (tmp_path / "label" / "predictions" / "query_ad.prompted.parquet").exists()
     bad = _cfg(model, input=str(csv))
     with pytest.raises(StageInputError, match=r"lacks columns \['id', 'query'\] of task `query_ad`"):
         label_mod.heldout_frame(None, label_mod.LabelStage._tasks(model, None)["query_ad"], bad)
+
+
+def test_prompted_rows_subset_pairs_on_shared_ids(model: Path, tmp_path: Path) -> None:
+    (tmp_path / "label").mkdir()
+    cfg = _cfg(model, max_rows=12, prompted_rows=6, reasoning_rows=0, injection_rows=0, lexical=False)
+    res = STAGE.run(StageContext("label", tmp_path / "label", tmp_path, {"cook": model.parent / "sample",
+                                 "train": model.parent}, cfg, None, log=lambda s: None))
+    bad = res.metrics["tables"]["query_ad"]["bad"]
+    assert bad["adnanny"]["n"] == 12 and bad["prompted"]["n"] == 6
+    assert res.metrics["paired"]["query_ad"]["bad"]["adnanny-prompted"]["n"] == 6
 
 
 def test_injected_frame_pushes_the_opposite_label() -> None:

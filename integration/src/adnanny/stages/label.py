@@ -79,6 +79,8 @@ class Config(Settings):
     prompted_model: str = Field("smollm2", description="the prompted baseline: a built-in name or model dir "
                                                       "(`\"\"` = no prompted baseline)")
     prompted_few_shot: int = Field(2, ge=0, description="worked examples from the training rows in its prompt")
+    prompted_rows: int = Field(0, ge=0, description="held-out rows the prompted baseline labels (the first N; 0 = all "
+                                                    "`max_rows`); paired differences use the rows both labeled")
     lexical: bool = Field(True, description="fit and evaluate adnanny-eval's lexical baseline")
     baseline_train_rows: int = Field(2000, ge=10, description="training rows the lexical baseline is fitted on")
     injection_rows: int = Field(32, ge=0, description="rows relabeled with injected ad text (0 = skip)")
@@ -527,8 +529,8 @@ class LabelStage:
                 if train is not None:
                     _atomic_parquet(train, d / f"{name}.train.parquet")
             if cfg.prompted_model:
-                ctx.log(f"label: {name}: prompted baseline {cfg.prompted_model} "
-                        f"({cfg.prompted_few_shot}-shot) on {heldout.height} rows")
+                ctx.log(f"label: {name}: prompted baseline {cfg.prompted_model} ({cfg.prompted_few_shot}-shot) on "
+                        f"{min(cfg.prompted_rows or heldout.height, heldout.height)} rows")
                 from adnanny_ckpt.models import resolve_model
 
                 pm = resolve_model(cfg.prompted_model)
@@ -540,7 +542,11 @@ class LabelStage:
                     notes.append(f"{name}: no training rows for the prompted baseline's few-shot examples; "
                                  "prompted zero-shot.")
                 out = preds_dir / f"{name}.prompted.parquet"
-                _label(engines.get(pm), pm, inp, out, cfg, task=task_ref, no_threshold=True, **few)
+                sub = inp
+                if cfg.prompted_rows and cfg.prompted_rows < heldout.height:
+                    sub = d / f"{name}.prompted.parquet"
+                    _atomic_parquet(heldout.head(cfg.prompted_rows), sub)
+                _label(engines.get(pm), pm, sub, out, cfg, task=task_ref, no_threshold=True, **few)
                 preds["prompted"] = pl.read_parquet(out)
                 metrics.setdefault("prompted", {"model": cfg.prompted_model, "few_shot": cfg.prompted_few_shot})
 
