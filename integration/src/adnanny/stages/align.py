@@ -37,9 +37,11 @@ __all__ = ["AlignStage", "AlignStageConfig", "STAGE", "paired_bootstrap_mean"]
 class AlignStageConfig(Settings):
     """The align stage: GRPO with label, retrieval and CTR rewards from the trained model.
 
-    Sizes (pilots in the stage's report; tiny model on this loaded 2-core machine): the embedded default runs
-    `steps = 30` x `prompts_per_step = 4` x `group_size = 4`, 24 completion tokens, 32 held-out prompts per task;
-    the CI config `steps = 4`, `eval_prompts = 8`, `rewards = ["labels"]`.
+    Sizes, from a pilot on this shared 2-core machine at load ~8 (tiny model, 3 reward tasks, P 4 x G 4, 24
+    tokens): 24-46 s per step plus ~150 s of fixed cost (two model copies, BM25 index, CTR model fit on ~31k
+    impressions, held-out evaluation before and after of 8 prompts x 3 tasks): 3 steps took 261 s. The embedded
+    default runs `steps = 16` (~2-3 min on 2 idle cores), 32 held-out prompts per task; CI: `steps = 4`,
+    `eval_prompts = 8`, `rewards = ["labels"]`.
     """
 
     model_config = SettingsConfigDict(cli_prog_name="adnanny run --align")
@@ -50,7 +52,7 @@ class AlignStageConfig(Settings):
                     "ctr (ad_rewrite, frozen click model)")
     downstream_weight: float = Field(0.25, gt=0, description="sampling weight of each downstream task's prompts "
                                                              "(labels tasks have 1)")
-    steps: int = Field(30, ge=1, description="GRPO rollout steps")
+    steps: int = Field(16, ge=1, description="GRPO rollout steps")
     prompts_per_step: int = Field(4, ge=1, description="P: prompts per step")
     group_size: int = Field(4, ge=2, description="G: completions per prompt")
     max_completion_tokens: int = Field(24, ge=4, description="tokens per completion (label-only answers are short)")

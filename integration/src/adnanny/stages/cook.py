@@ -59,10 +59,13 @@ SAMPLE_FILES = {"query_ad": "query_ad.parquet", "ad_user": "ad_user.parquet", "k
 class CookStageConfig(Settings):
     """The cook stage: sample world (or your rows) -> teacher-gated corpus.
 
-    Sizes (pilots in the stage's report, this loaded 2-core machine, SmolLM2-135M teacher at ~1 tok/s under load 7):
-    the embedded default cooks `teacher_inputs = 16` inputs x `k = 2` candidates after a gate of
-    `golden_examples = 8` x 2 variants (about 60 teacher calls of <= 64 tokens: ~2-4 min on 2 idle cores); every
-    other input is label-only. The CI config uses `teacher_inputs = 4`, `golden_examples = 4`, `max_inputs = 600`.
+    Sizes, from pilots on this shared 2-core machine at load 7-10 (SmolLM2-135M teacher through adnanny-serve,
+    ~10 s per call with 8 in flight; idle machines are 3-5x faster): the embedded default gates on
+    `golden_examples = 8` x 2 variants (16 calls, ~3 min here) and, if the gate passes, cooks `teacher_inputs = 16`
+    inputs x `k = 2` (32 calls of <= 64 tokens); the recipe's sample world (12k queries, ~11k clean query-ad rows)
+    takes ~90 s to make and turn into label rows. A 4-example gate + 300 label rows took 108 s in all. CI:
+    `teacher_inputs = 4`, `golden_examples = 4`, `max_inputs = 600`, `sample_sizes = { queries = 2600,
+    corpus_query_ad = 1500 }` (the default world: ~6 s).
     """
 
     model_config = SettingsConfigDict(cli_prog_name="adnanny run --cook")
@@ -72,6 +75,8 @@ class CookStageConfig(Settings):
     golden_size: int = Field(240, ge=8, description="golden rows per built-in task in the sample world (held out "
                                                     "from training: the gate's examples and the label stage's "
                                                     "test rows)")
+    sample_sizes: dict[str, int] = Field(default_factory=dict, description="sample-world sizes over the recipe's "
+                                                                         "(make_sample keys, e.g. { queries = 2000 })")
     max_inputs: int = Field(0, ge=0, description="labeled inputs per task in the corpus (0 = all clean rows)")
     labels: list[str] = Field(default_factory=list, description="label fields to keep (e.g. [\"label\"]: "
                                                                 "relevance-only query_ad); empty = all present")
@@ -163,6 +168,17 @@ def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _recipe_sample_sizes() -> dict[str, int]:
+    """The sample-world sizes of adnanny-sft's relevance-learning recipe (`FIXTURE_RECIPE["sample"]["sizes"]`),
+    without its golden sizes (this stage sets those); {} when adnanny-sft is not installed."""
+    try:
+        from adnanny_sft.fixture import FIXTURE_RECIPE
+    except ImportError:
+        return {}
+    sizes = dict((FIXTURE_RECIPE.get("sample") or {}).get("sizes") or {})
+    return {k: int(v) for k, v in sizes.items() if not k.startswith("golden_")}
+
+
 def _world(ctx: StageContext, cfg: CookStageConfig) -> Path:
     """The sample world (made once; its manifest marks it complete)."""
     from adnanny_cook.sample import make_sample
@@ -172,7 +188,10 @@ def _world(ctx: StageContext, cfg: CookStageConfig) -> Path:
         tmp = ctx.out / ".world-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         seed = cfg.sample_seed if cfg.sample_seed >= 0 else int(getattr(ctx.flow, "seed", 0))
-        sizes = {f"golden_{t}": cfg.golden_size for t in SAMPLE_FILES}
+        # the world the relevance-learning recipe was shown on (adnanny-sft's FIXTURE_RECIPE sample sizes:
+        # enough queries and query-ad rows to learn from), with this stage's golden-set size
+        sizes = {**_recipe_sample_sizes(), **{f"golden_{t}": cfg.golden_size for t in SAMPLE_FILES},
+                 **cfg.sample_sizes}
         make_sample(tmp, seed, sizes=sizes)
         shutil.rmtree(world, ignore_errors=True)
         tmp.rename(world)

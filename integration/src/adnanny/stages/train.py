@@ -38,9 +38,12 @@ def recipe() -> dict[str, Any]:
 class TrainStageConfig(Settings):
     """The train stage: adnanny-sft with instance + task weighting on the cook corpus, adnanny-sft's recipe.
 
-    Sizes (pilots in the stage's report; tiny DeepSeek-V3 h64 x 4 layers on this loaded 2-core machine): the
-    embedded default runs the recipe's own step count and batch (`steps = 0`, `batch_size = 0`), the CI config
-    `steps = 60`, `batch_size = 8`. 0 / empty always means "the recipe's value".
+    Sizes: 0 / empty always means "the recipe's value" (today 800 steps x 32 rows, tiny DeepSeek-V3 h64 x 4
+    layers, input loss 0.3: the recipe that learned relevance in adnanny-sft's pilots at ~750 steps). Pilots on
+    this shared 2-core machine at load 7-9: 1.2-5 s per 8-row step, ~11 s per 32-row step (so 800 x 32 is ~2.5 h
+    here); adnanny-sft's README measured 0.30 s per 16-row step on a quieter machine, i.e. ~8 min for the recipe
+    on 2 idle cores — the embedded default keeps the recipe (learning relevance is the acceptance; 15 min for
+    the whole flow is a goal). CI: `steps = 60`, `batch_size = 8` (~2 min here; format only, not relevance).
     """
 
     model_config = SettingsConfigDict(cli_prog_name="adnanny run --train")
