@@ -55,6 +55,8 @@ def _node(name: str, run_dir: Path, row_id: str, stages: Mapping[str, Any], seen
         p = Path(rel) if Path(rel).is_absolute() else run_dir / rel
         up = _stage_of(p, run_dir)
         entry: dict[str, Any] = {"what": what, "path": str(p), "exists": p.exists()}
+        if up == name:
+            entry["in_stage"] = True
         if up is not None and up != name:
             entry["stage"] = up
             entry["node"] = (_node(up, run_dir, next_id, stages, seen) if up not in seen
@@ -127,6 +129,8 @@ def format_lineage(tree: Mapping[str, Any], *, full: bool = False) -> str:
             if "node" in e:
                 lines.append(f"{pad}  <- {e['what']}: {e['path']}{where}")
                 walk(e["node"], depth + 2)
+            elif e.get("in_stage"):
+                lines.append(f"{pad}  <- {e['what']}: {e['path']} (in this stage's folder){where}")
             else:
                 lines.append(f"{pad}  <- {e['what']}: {e['path']} (outside the run){where}")
 
