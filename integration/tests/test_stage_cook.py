@@ -25,7 +25,8 @@ from adnanny.stages.cook import STAGE, CookStageConfig
 
 #: the sample world's own default size (the recipe's larger world takes ~90 s to make under load)
 SMALL_WORLD = {"queries": 2600, "corpus_query_ad": 1500}
-FAST = {"embed_model": "hashing", "max_inputs": 120, "sample_sizes": SMALL_WORLD, "golden_examples": 4, "teacher_inputs": 4, "k": 2,
+FAST = {"embed_model": "hashing", "max_inputs": 120, "sample_sizes": SMALL_WORLD, "golden_examples": 4,
+        "teacher_inputs": 4, "k": 2,
         "timeout_s": 30.0}
 
 

@@ -20,9 +20,8 @@ FLOW = SimpleNamespace(tasks=["query_ad"], seed=0, data={})
 def cook_and_train(tmp: Path, **train_over) -> tuple[StageContext, object]:
     """A teacher-free cook of 200 inputs, then `steps` of SFT (shared with the align test)."""
     (tmp / "cook").mkdir(parents=True, exist_ok=True)
-    cook = StageContext("cook", tmp / "cook", tmp, {}, CookStageConfig(teacher="none", max_inputs=200,
-                                                                      sample_sizes={"queries": 2600, "corpus_query_ad": 1500}), FLOW,
-                        log=lambda s: None)
+    cook_cfg = CookStageConfig(teacher="none", max_inputs=200, sample_sizes={"queries": 2600, "corpus_query_ad": 1500})
+    cook = StageContext("cook", tmp / "cook", tmp, {}, cook_cfg, FLOW, log=lambda s: None)
     res = COOK.run(cook)
     (tmp / "cook" / "manifest.json").write_text(json.dumps({"artifacts": res.artifacts}))
     (tmp / "train").mkdir(exist_ok=True)

@@ -219,6 +219,12 @@ class AlignStage:
         ok = importlib.util.find_spec("adnanny_rl") is not None
         out = [Support(f"align: adnanny-rl GRPO, rewards {config.rewards}", ok,
                        "HF backend + transformers rollout engine in-process" if ok else "adnanny-rl is not installed")]
+        from adnanny_rl import RLConfig
+
+        unknown = sorted(k for k in config.overrides
+                         if k not in RLConfig.model_fields and k not in ("engine", "backend"))
+        if unknown:
+            out.append(Support(f"adnanny-rl keys {unknown}", False, "not keys of this adnanny-rl version"))
         engine = str(config.overrides.get("engine", "transformers"))
         if engine != "transformers":
             ok = importlib.util.find_spec("vllm") is not None

@@ -171,11 +171,25 @@ class TrainStage:
                 out.append(Support(f"base model {base}", True, str(resolve_model(base))))
             except Exception as e:  # noqa: BLE001 - reported in the dry run
                 out.append(Support(f"base model {base}", False, str(e)))
+        from adnanny_sft import SFTConfig
+
+        fields = set(getattr(SFTConfig, "model_fields", {}) or getattr(SFTConfig, "__dataclass_fields__", {}))
+        unknown = sorted(k for k in config.overrides if fields and k not in fields)
+        if unknown:
+            out.append(Support(f"adnanny-sft keys {unknown}", False, "not keys of this adnanny-sft version"))
         layout = config.overrides.get("layout")
         if layout:
-            out.append(Support(f"parallel layout {layout}", backend == "megatron",
-                               "through adnanny-megatron's backend" if backend == "megatron" else
-                               "a layout needs `overrides.backend = \"megatron\"`"))
+            eps = {e.name for e in md.entry_points(group="adnanny_sft.backends")}
+            ok = backend in eps and backend != "hf"
+            out.append(Support(f"parallel layout {layout}", ok,
+                               f"through the `{backend}` backend (torchrun at run time)" if ok else
+                               "a layout needs `overrides.backend` = an installed non-HF backend (megatron)"))
+        if str(config.overrides.get("device", "cpu")) == "cuda":
+            import torch
+
+            ok = bool(torch.cuda.is_available())
+            out.append(Support("train on cuda", ok, f"{torch.cuda.device_count()} GPU(s) here" if ok else
+                               "no CUDA device on this machine"))
         return out
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
