@@ -56,7 +56,11 @@ class WalkConfig:
     """Caps and recipe of one walk (every field is recorded in the JSON).
 
     `sft_args` are extra ``adnanny-sft train`` flags (``--key value`` pairs), for recipe options that landed
-    after this benchmark was written (class balancing, threshold calibration).
+    after this benchmark was written (class balancing, threshold calibration, ``input_loss_weight``).
+
+    `model` is what is fine-tuned; `prompted_model` is the base model labeled with few-shot prompts (always a
+    pretrained model: a random-init one has nothing to prompt). A ``tiny-*`` `model` is trained from scratch
+    with a word-level tokenizer fitted on the user's own corpus (`train_user_tokenizer`), in float32, no LoRA.
     """
 
     work: Path = Path("/tmp/adnanny-own-data")
@@ -82,6 +86,11 @@ class WalkConfig:
     history_len: int = 5
     eval_fraction: float = 0.15
     dtype: str = "bfloat16"
+    prompted_model: str = "smollm2"
+    prompted_dtype: str = "bfloat16"
+    tokenizer_vocab: int = 8192
+    lowercase_tokenizer: bool = False
+    sample_sizes: dict[str, int] = field(default_factory=dict)
     sft_args: list[str] = field(default_factory=list)
     timeout_s: float = 2400.0
     skip_models: bool = False
@@ -223,6 +232,38 @@ def lora_top_modules(model: str, n_layers: int) -> list[str]:
     mlp = ("gate_proj", "up_proj", "down_proj")
     return [f"layers.{i}.self_attn.{m}" for i in layers for m in attn] + \
            [f"layers.{i}.mlp.{m}" for i in layers for m in mlp]
+
+
+def train_user_tokenizer(corpus: Path, out: Path, *, vocab_size: int = 8192, lowercase: bool = False) -> Path:
+    """A word-level tokenizer for a from-scratch tiny model, fitted on the user's corpus (prompts + targets,
+    every split: the inputs' words, not their labels, are what it learns; test rows are never read).
+
+    WHY: a tiny model has no tokenizer of its own; cook's sample-world tokenizer knows ads words, not movie
+    titles. The trainer is cook's (`adnanny_cook.sample.tokenizer.train_tokenizer`): word-level merges (a word
+    is one id wherever it appears, what lets the model match history against item) and the task tags as atomic
+    tokens.
+
+    ``lowercase``: the tokenizer lowercases its input (a ``Lowercase`` normalizer; the task tags and ChatML
+    markers are added tokens matched before normalisation, so they stay atomic; label values parse
+    case-insensitively). WHY: a from-scratch model has no notion that "Golf Clubs" in a title and "golf clubs"
+    in a query are the same words; with short titles and no descriptions that case split hides most overlap.
+    """
+    from adnanny_cook.corpus import atomic_write_bytes
+    from adnanny_cook.sample.tokenizer import train_tokenizer
+    from adnanny_cook.tasks import render_chat
+
+    texts = []
+    for r in _corpus_rows(corpus):
+        msgs = json.loads(r["messages"]) if isinstance(r["messages"], str) else list(r["messages"])
+        texts.append(render_chat([*msgs, {"role": "assistant", "content": r["target"]}]))
+    if lowercase:
+        texts = [t.lower() for t in texts]
+    out = train_tokenizer(texts, out, vocab_size=vocab_size)
+    if lowercase:
+        tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        tj["normalizer"] = {"type": "Lowercase"}
+        atomic_write_bytes(out / "tokenizer.json", json.dumps(tj, ensure_ascii=False).encode())
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -439,15 +480,25 @@ def walk(ds: Dataset, cfg: WalkConfig, *, out_root: Path) -> dict[str, Any]:
     sft_dir = root / "sft"
     if sft_dir.exists():
         shutil.rmtree(sft_dir)
-    sft_argv = ["adnanny-sft", "train", "--corpus", corpus, "--model", cfg.model, "--lora", str(cfg.lora).lower(),
+    tiny = cfg.model.startswith("tiny-")
+    sft_argv = ["adnanny-sft", "train", "--corpus", corpus, "--model", cfg.model,
+                "--lora", str(cfg.lora and not tiny).lower(),
                 "--target_forms", "label", "--max_steps", cfg.max_steps, "--batch_size", cfg.batch_size,
                 "--lr", cfg.lr, "--max_seq_len", cfg.max_seq_len, "--threads", cfg.threads, "--seed", cfg.seed,
-                "--dtype", cfg.dtype, "--warmup_steps", cfg.warmup_steps,
+                "--dtype", "float32" if tiny else cfg.dtype, "--warmup_steps", cfg.warmup_steps,
                 "--calibration_rows", cfg.calibration_rows, "--eval_rows_per_task", cfg.eval_rows_per_task,
                 "--eval_max_new_tokens", 12, "--task_weighting", "false", "--instance_weighting", "false",
                 "--tensorboard", "false", "--save_every", 0,
                 "--output_dir", sft_dir, "--progress", "false", "--json", *cfg.sft_args]
-    if cfg.lora and cfg.lora_top_layers > 0:
+    if tiny:
+        t0 = time.perf_counter()
+        tok_dir = train_user_tokenizer(corpus, root / "tokenizer", vocab_size=cfg.tokenizer_vocab,
+                                       lowercase=cfg.lowercase_tokenizer)
+        res["tokenizer"] = {"dir": str(tok_dir), "seconds": round(time.perf_counter() - t0, 2),
+                            "lowercase": cfg.lowercase_tokenizer,
+                            "vocab": len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])}
+        sft_argv += ["--tokenizer", tok_dir]
+    elif cfg.lora and cfg.lora_top_layers > 0:
         sft_argv += ["--lora_target_modules", ",".join(lora_top_modules(cfg.model, cfg.lora_top_layers))]
     st = run_step("sft_train", sft_argv, logs, threads=cfg.threads, timeout_s=cfg.timeout_s)
     steps["sft_train"] = st.record()
@@ -461,7 +512,7 @@ def walk(ds: Dataset, cfg: WalkConfig, *, out_root: Path) -> dict[str, Any]:
         gaps.append(f"adnanny-sft train failed (rc {st.rc}): {st.stderr_tail.strip().splitlines()[-1:]}")
 
     common = ["--task", task_ref, "--input", ds.test_csv, "--columns", ds.columns_arg, "--mode", "label",
-              "--batch-size", cfg.label_batch_size, "--max-input-tokens", cfg.max_input_tokens, "--dtype", cfg.dtype,
+              "--batch-size", cfg.label_batch_size, "--max-input-tokens", cfg.max_input_tokens,
               "--max-tokens", cfg.label_max_tokens,
               "--no-progress", "--json"]
     if not ds.task.endswith(".toml"):
@@ -473,7 +524,7 @@ def walk(ds: Dataset, cfg: WalkConfig, *, out_root: Path) -> dict[str, Any]:
         for p in (ft_pred, ft_pred.with_suffix(".parquet.manifest.json")):
             p.unlink(missing_ok=True)
         st = run_step("label_finetuned", ["adnanny-serve", "label", "--model", model_dir, "--out", ft_pred,
-                                          *common], logs, threads=cfg.threads, timeout_s=cfg.timeout_s)
+                                          *common, "--dtype", "float32" if tiny else cfg.dtype], logs, threads=cfg.threads, timeout_s=cfg.timeout_s)
         steps["label_finetuned"] = st.record()
         res["label_finetuned_stats"] = st.json_out()
         if st.ok:
@@ -485,7 +536,8 @@ def walk(ds: Dataset, cfg: WalkConfig, *, out_root: Path) -> dict[str, Any]:
     # 5. label with the prompted base model (few-shot from the user's own training rows)
     pr_pred = preds / "prompted.parquet"
     pr_pred.unlink(missing_ok=True)
-    st = run_step("label_prompted", ["adnanny-serve", "label", "--model", cfg.model, "--out", pr_pred, *common,
+    st = run_step("label_prompted", ["adnanny-serve", "label", "--model", cfg.prompted_model, "--out", pr_pred,
+                                     *common, "--dtype", cfg.prompted_dtype,
                                      "--few-shot", cfg.few_shot, "--few-shot-from", ds.dev_csv,
                                      "--few-shot-seed", cfg.seed],
                   logs, threads=cfg.threads, timeout_s=cfg.timeout_s)
@@ -692,11 +744,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--summarize-only", action="store_true",
                     help="re-read the results JSON and --work artifacts, (re)write its `summary`; run nothing")
     ap.add_argument("--skip-models", action="store_true", help="corpus + baselines + eval only (no sft/label)")
+    ap.add_argument("--model", default=None, help="fine-tuned model: smollm2 (LoRA/full) or tiny-deepseek-v3")
+    ap.add_argument("--prompted-model", default=None, help="the prompted base model (default smollm2)")
+    ap.add_argument("--warmup-steps", type=int, default=None)
+    ap.add_argument("--lowercase-tokenizer", action="store_true",
+                    help="tiny model: the user-corpus tokenizer lowercases (see train_user_tokenizer)")
+    ap.add_argument("--sample-sizes", default="", help="JSON sizes of the sample world of dataset (a)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other datasets' results already in the results JSON (rerun one dataset)")
     ap.add_argument("--sft-args", default="", help="extra adnanny-sft train flags, space-separated")
     a = ap.parse_args(argv)
     cfg = WalkConfig.pilot(a.work) if a.pilot else WalkConfig(work=a.work)
     for key in ("max_steps", "batch_size", "lr", "n_test", "max_dev", "few_shot", "max_input_tokens", "threads", "dtype",
-                "lora_top_layers", "calibration_rows"):
+                "lora_top_layers", "calibration_rows", "model", "prompted_model", "warmup_steps"):
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)
@@ -704,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.lora = a.lora == "true"
     cfg.sft_args = a.sft_args.split()
     cfg.skip_models = a.skip_models
+    cfg.lowercase_tokenizer = a.lowercase_tokenizer
+    cfg.sample_sizes = json.loads(a.sample_sizes) if a.sample_sizes else {}
     out = a.out or (HERE / "results" / ("own_data_pilot.json" if a.pilot else "own_data.json"))
     if a.summarize_only:
         record = json.loads(out.read_text())
@@ -723,10 +785,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "pilot": a.pilot, "datasets": {},
     }
+    if a.merge and out.exists():  # the other datasets' walks (and their configs) as they were recorded
+        old = json.loads(out.read_text())
+        for k, v in old.get("datasets", {}).items():
+            if k not in names:
+                record["datasets"][k] = v
+                record.setdefault("configs_by_dataset", {})[k] = (old.get("configs_by_dataset") or {}).get(
+                    k, old.get("config"))
+    for name in names:
+        record.setdefault("configs_by_dataset", {})[name] = record["config"]
     cfg.work.mkdir(parents=True, exist_ok=True)
     for name in names:
         if name == "sample_world":
-            ds = sample_world_dataset(cfg.work, seed=cfg.seed, n_test=cfg.n_test, max_dev=cfg.max_dev)
+            ds = sample_world_dataset(cfg.work, seed=cfg.seed, n_test=cfg.n_test, max_dev=cfg.max_dev,
+                                      sizes=cfg.sample_sizes or None)
         else:
             ds = movielens_dataset(cfg.work, seed=cfg.seed, max_test=cfg.n_test, max_dev=cfg.max_dev,
                                    history_len=cfg.history_len)

@@ -98,8 +98,11 @@ def _class_counts(labels: list[str]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------------- (a)
-def sample_world_dataset(work: Path, *, seed: int = 0, n_test: int = 400, max_dev: int = 1600) -> Dataset:
-    """(a) The sample world's query–ad judgments as a relevance-only CSV with empty descriptions."""
+def sample_world_dataset(work: Path, *, seed: int = 0, n_test: int = 400, max_dev: int = 1600,
+                         sizes: dict[str, int] | None = None) -> Dataset:
+    """(a) The sample world's query–ad judgments as a relevance-only CSV with empty descriptions.
+
+    ``sizes``: `make_sample` sizes (e.g. ``{"queries": 12000}`` for ~12k judgments instead of ~2.6k)."""
     import polars as pl
 
     from adnanny_cook import make_sample
@@ -108,7 +111,7 @@ def sample_world_dataset(work: Path, *, seed: int = 0, n_test: int = 400, max_de
     work = Path(work)
     sample = work / "sample"
     if not (sample / "query_ad.parquet").exists():
-        make_sample(sample, seed, tokenizer=False)
+        make_sample(sample, seed, tokenizer=False, sizes=sizes)
     qa = pl.read_parquet(sample / "query_ad.parquet").sort("id").to_dicts()
     sides = split_rows(["query_ad"] * len(qa), [{"query": r["query"]} for r in qa],
                        eval_fraction=n_test / len(qa), seed=seed + 100)
@@ -148,7 +151,8 @@ def sample_world_dataset(work: Path, *, seed: int = 0, n_test: int = 400, max_de
         lexical_fields=(("query",), ("ad_title", "ad_description")),
         records=records,
         caps={"n_test": len(test_rows), "n_dev": len(dev_rows), "n_dev_available": dev_all,
-              "rows_in_sample_world": len(qa), "descriptions": "empty", "url_column": "absent"},
+              "rows_in_sample_world": len(qa), "sample_sizes": sizes or {}, "descriptions": "empty",
+              "url_column": "absent"},
         stats={"dev_classes": _class_counts([r["relevance"] for r in dev_rows]),
                "test_classes": _class_counts([r["relevance"] for r in test_rows])},
     )

@@ -34,20 +34,25 @@ from typing import Any
 
 __all__ = ["FIXTURE_RECIPE", "fine_tuned_fixture", "fixture_info", "fixture_key", "fixture_root"]
 
-#: The recipe of the shared model: the sample world's size and the SFTConfig keys (see README, "The shared
-#: fine-tuned fixture"). query_ad in both target forms with all three labels, 400 steps of 8 rows: what later
-#: stages need is a model that answers in the tag format in both modes (the 200-step build parsed 83.5% of its
-#: held-out label-only outputs, hence 400); in a CI budget a random-init tiny model does not learn sample-world
-#: relevance (README pilots), so nothing more is bought by training longer here. The golden set is enlarged to 240 rows: clean held-out rows that neither training nor threshold
-#: calibration (the corpus's eval split) ever sees.
+#: The recipe of the shared model: the sample world's size, how many reasoning rows to keep, and the SFTConfig
+#: keys (see README, "The shared fine-tuned fixture" and the pilots). What later stages need is a model that
+#: answers in the tag format in both modes AND has learned relevance through the full built-in prompt (what
+#: `adnanny-sft train` and `adnanny-serve label` use). What makes a random-init tiny model learn it (pilots
+#: L1-L4, A): the word-level sample tokenizer, an LM loss on the task input (`input_loss_weight` 0.3: predicting
+#: the ad's words from the query's is what builds the matching), ~9k training inputs (a 12k-query world: on the
+#: default 1.4k inputs it memorises), 3-class balanced draws, batch 32, lr 3e-3. Reasoning rows are kept for
+#: 1,000 inputs only (they are 8x longer; a few thousand draws teach their format). All three labels are kept
+#: (integration reads location/quality columns). The golden set is enlarged to 240 rows: clean held-out rows
+#: that neither training nor threshold calibration (the corpus's eval split) ever sees.
 FIXTURE_RECIPE: dict[str, Any] = {
-    "sample": {"seed": 0, "sizes": {"golden_query_ad": 240}},
+    "sample": {"seed": 0, "sizes": {"queries": 12000, "corpus_query_ad": 10000, "golden_query_ad": 240}},
+    "reasoning_inputs": {"query_ad": 1000},
     "sft": {
         "model": "tiny-deepseek-v3", "tiny_hidden_size": 64, "tiny_layers": 4,
         "tasks": ["query_ad"], "labels": [], "target_forms": ["reasoning", "label"],
-        "class_balance": "sampling", "class_balance_by": "defect",
-        "batch_size": 8, "max_steps": 400, "lr": 5e-3, "warmup_steps": 10, "lr_schedule": "cosine",
-        "min_lr_ratio": 0.3, "task_weighting": False, "instance_weighting": False, "evaluate": False,
+        "class_balance": "sampling", "class_balance_by": "value", "input_loss_weight": 0.3,
+        "batch_size": 32, "max_steps": 800, "lr": 3e-3, "warmup_steps": 20, "lr_schedule": "cosine",
+        "min_lr_ratio": 0.1, "task_weighting": False, "instance_weighting": False, "evaluate": False,
         "threshold_method": "max_bacc", "seed": 0,
     },
 }
@@ -59,26 +64,47 @@ def fixture_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "adnanny") / "fixtures"
 
 
+#: adnanny-sft modules whose code decides the fixture's weights, threshold and export (data, formatting, model,
+#: backend, sampler, objective, calibration, export). Not the CLI, the logger or the test kit: other helpers edit
+#: those all session and they do not change what is built. SFTConfig's *values* are hashed instead of config.py.
+_BUILD_MODULES = ("__about__", "backend", "calibration", "checkpoint", "data", "evaluation", "export", "formatting",
+                  "hf_backend", "mixing", "models", "objective", "sampler", "scoring", "train", "weighting")
+
+#: SFTConfig keys that do not reach the built model (paths of the build dir, logging, threads).
+_NOT_BUILD_KEYS = ("corpus", "tokenizer", "output_dir", "resume", "progress", "tensorboard", "log_every",
+                   "save_every", "keep_checkpoints", "export", "threads", "device", "timeout_minutes", "convert_dir")
+
+
 def _sources_digest() -> str:
-    """sha256 over adnanny-sft's own source files (any code change rebuilds the fixture)."""
+    """sha256 over the adnanny-sft sources that build the model (:data:`_BUILD_MODULES`) and the build code
+    of this module (not its docstrings or the recipe constant, which is hashed as data)."""
+    import inspect
+
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
-    for f in sorted(pkg.glob("*.py")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+    for name in _BUILD_MODULES:
+        f = pkg / f"{name}.py"
+        h.update(name.encode())
+        h.update(f.read_bytes() if f.is_file() else b"absent")
+    for fn in (_build, _config, _thin_reasoning, fine_tuned_fixture):
+        h.update(inspect.getsource(fn).encode())
     return h.hexdigest()
 
 
 def _files_digest(root: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in sorted(p for p in root.rglob("*.py") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    for f in sorted(p for p in root.rglob("*.toml") if p.is_file()):
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
 def _cook_digest() -> str:
-    """sha256 over the cook sources that determine the sample corpus and its prompts (sample world, tasks)."""
+    """sha256 over the cook sources that determine the sample corpus, its prompts and tokenizer (sample world,
+    task definitions, corpus rows, split)."""
     import adnanny_cook
 
     root = Path(adnanny_cook.__file__).resolve().parent
@@ -90,17 +116,31 @@ def _cook_digest() -> str:
     return h.hexdigest()
 
 
+def _config(recipe: dict[str, Any], work: Path, threads: int = 0) -> Any:
+    """The SFTConfig of a build in ``work`` (the sample world at ``work/sample``)."""
+    from adnanny_sft.config import SFTConfig
+
+    sample = work / "sample"
+    return SFTConfig(corpus=str(sample / "corpus"), tokenizer=str(sample / "tokenizer"),
+                     output_dir=str(work / "run"), progress=False, tensorboard=False, save_every=10**9,
+                     keep_checkpoints=1, threads=threads, **recipe["sft"])
+
+
 def fixture_key(recipe: dict[str, Any]) -> str:
-    """Content key: recipe + the cook sources that make the corpus + sft sources + torch/transformers versions.
+    """Content key: recipe + resolved SFTConfig values + the cook sources that make the corpus + the sft sources
+    that build the model + torch/transformers versions.
 
     WHY not the corpus files themselves: ``make_sample`` output is not byte-identical across processes (string
     hash randomisation reaches its ordering), so a key over its files would rebuild the fixture in every
-    pytest session; the sources and the seed determine it up to that ordering."""
+    pytest session; the sources and the seed determine it up to that ordering. WHY the config's values and not
+    config.py: a default that changes changes the build, a reworded help text or a new CLI flag does not."""
     import torch
     import transformers
 
+    cfg = {k: v for k, v in _config(recipe, Path("/fixture")).to_dict().items() if k not in _NOT_BUILD_KEYS}
     h = hashlib.sha256()
     h.update(json.dumps(recipe, sort_keys=True).encode())
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     h.update(_cook_digest().encode())
     h.update(_sources_digest().encode())
     h.update(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
@@ -118,22 +158,44 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _thin_reasoning(corpus: Path, keep: dict[str, int]) -> None:
+    """Keep the reasoning-form training rows of at most ``keep[task]`` inputs per task (label-only rows and the
+    eval split untouched), rewriting the corpus in place with its own task definitions.
+
+    WHY: a reasoning row is ~8x a label-only row's target tokens; a few hundred teach the label+reasoning format
+    (the tag structure is the same every time) while the relevance signal comes from the many short label-only
+    rows, so the build stays inside a CI budget."""
+    if not keep:
+        return
+    import random
+
+    from adnanny_cook.corpus import read_corpus, read_corpus_tasks, write_corpus
+
+    rows = read_corpus(corpus).to_dicts()
+    rng = random.Random(0)
+    out, seen = [], {}
+    for r in sorted(rows, key=lambda r: str(r["id"])):
+        if r["split"] == "train" and r["mode"] == "reasoning" and r["task"] in keep:
+            seen.setdefault(r["task"], []).append(r)
+        else:
+            out.append(r)
+    for task, rs in seen.items():
+        out += rng.sample(rs, min(int(keep[task]), len(rs)))
+    write_corpus(out, corpus, tasks=read_corpus_tasks(corpus))
+
+
 def _build(work: Path, recipe: dict[str, Any], sample_src: Path, threads: int) -> dict[str, Any]:
-    from adnanny_sft.config import SFTConfig
     from adnanny_sft.train import train
 
     t0 = time.perf_counter()
     shutil.copytree(sample_src, work / "sample")
-    sample = work / "sample"
-    cfg = SFTConfig(corpus=str(sample / "corpus"), tokenizer=str(sample / "tokenizer"),
-                    output_dir=str(work / "run"), progress=False, tensorboard=False, save_every=10**9,
-                    keep_checkpoints=1, threads=threads, **recipe["sft"])
-    result = train(cfg)
+    _thin_reasoning(work / "sample" / "corpus", recipe.get("reasoning_inputs") or {})
+    result = train(_config(recipe, work, threads))
     assert result.model_dir is not None
     shutil.move(str(result.model_dir), str(work / "model"))
     shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
     manifest = json.loads((work / "run" / "manifest.json").read_text())
-    return {"recipe": recipe, "steps": result.steps, "build_seconds": round(time.perf_counter() - t0, 1),
+    return {"recipe": recipe, "steps": result.steps, "train_seconds": round(time.perf_counter() - t0, 1),
             "thresholds": manifest.get("thresholds", {}), "data": manifest.get("data", {})}
 
 
@@ -162,8 +224,12 @@ def fine_tuned_fixture(*, root: str | os.PathLike[str] | None = None, recipe: di
         work.mkdir(parents=True)
         try:
             sample = work / ".sample-src"
+            t0 = time.perf_counter()
             make_sample(sample, int(recipe["sample"]["seed"]), sizes=recipe["sample"].get("sizes") or None)
+            sample_s = time.perf_counter() - t0
             info = _build(work, recipe, sample, threads)
+            info["sample_seconds"] = round(sample_s, 1)
+            info["build_seconds"] = round(time.perf_counter() - t0, 1)
             shutil.rmtree(sample, ignore_errors=True)
             info["key"] = key
             mf = work / "model" / "adnanny_model.json"  # name the corpus where it will live, not the build dir
