@@ -117,3 +117,12 @@ def test_distill_needs_the_label_stage(model: Path, tmp_path: Path) -> None:
     with pytest.raises(StageInputError, match="needs the cook and label stages' folders"):
         STAGE.run(StageContext("distill", tmp_path, tmp_path, {"train": model.parent, "cook": model.parent / "sample"},
                                Config(), None, log=lambda s: None))
+
+
+def test_pool_mode_auto_follows_the_training_corpus(model: Path, tmp_path: Path) -> None:
+    from adnanny.stages.distill import _trained_mode
+
+    assert _trained_mode(model, "query_ad") == "reasoning"  # the fixture trained on both target forms
+    pl.DataFrame({"task": ["query_ad"], "mode": ["label"]}).write_parquet(tmp_path / "corpus.parquet")
+    (tmp_path / "adnanny_model.json").write_text(json.dumps({"corpus": str(tmp_path / "corpus.parquet")}))
+    assert _trained_mode(tmp_path, "query_ad") == "label"  # a label-only corpus (failed gate): label-only pool

@@ -50,10 +50,12 @@ class Config(Settings):
 
     source: str = Field("auto", description="which model is AdNanny: `auto` (align's, else train's), `align` or "
                                             "`train`")
-    pool_rows: int = Field(128, ge=8, description="unlabeled inputs per task AdNanny labels and explains")
-    pool_mode: str = Field("reasoning", pattern="^(reasoning|label)$",
+    pool_rows: int = Field(192, ge=8, description="unlabeled inputs per task AdNanny labels and explains (a tiny "
+                                                  "student trained on 48 rows never learned the tag format; 300 did)")
+    pool_mode: str = Field("auto", pattern="^(auto|reasoning|label)$",
                            description="`reasoning`: AdNanny writes labels + rationale (generated data); `label`: "
-                                       "labels only (then DQC can check only the tags)")
+                                       "labels only (then DQC can check only the tags); `auto`: reasoning when "
+                                       "AdNanny's training corpus had reasoning rows of the task, else label")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of each student corpus kept for the "
                                                                 "student's threshold calibration")
     dqc_min_words: int = Field(12, ge=0, description="DQC: shortest acceptable rationale (cook's default)")
@@ -66,7 +68,7 @@ class Config(Settings):
     student_tokenizer: str = Field("", description="tokenizer dir (default: AdNanny's model dir)")
     student_hidden_size: int = Field(32, ge=8, description="tiny student: hidden size")
     student_layers: int = Field(2, ge=1, description="tiny student: decoder layers")
-    student_steps: int = Field(150, ge=1, description="optimizer steps per student")
+    student_steps: int = Field(200, ge=1, description="optimizer steps per student")
     student_batch_size: int = Field(8, ge=1, description="rows per step")
     student_lr: float = Field(5e-3, gt=0, description="peak learning rate")
     student_input_loss_weight: float = Field(0.0, ge=0, description="adnanny-sft `input_loss_weight`")
@@ -119,6 +121,8 @@ class DistillStage:
         if not tasks:
             raise StageInputError(f"label stage folder `{label_dir}` has no heldout/<task>.parquet")
         engine = None
+        notes: list[str] = []
+        modes: dict[str, str] = {}
         rows: dict[str, list[dict[str, Any]]] = {"corpus": [], "corpus_dqc": []}
         funnel: dict[str, Any] = {}
         specs = {}
@@ -136,13 +140,23 @@ class DistillStage:
             inp = ctx.out / "pool" / f"{name}.inputs.parquet"
             _atomic_parquet(inputs, inp)
             out = ctx.out / "pool" / f"{name}.parquet"
-            ctx.log(f"distill: {name}: AdNanny labels {inputs.height} pool inputs ({cfg.pool_mode} mode)")
+            mode = cfg.pool_mode if cfg.pool_mode != "auto" else _trained_mode(model_dir, name)
+            ctx.log(f"distill: {name}: AdNanny labels {inputs.height} pool inputs ({mode} mode)")
             if engine is None:
                 from adnanny_serve import load_engine
 
                 engine = load_engine(str(model_dir), device=cfg.device, batch_size=cfg.batch_size)
-            _label(engine, model_dir, inp, out, lcfg, mode=cfg.pool_mode, task=name)
+            _label(engine, model_dir, inp, out, lcfg, mode=mode, task=name)
             pred = pl.read_parquet(out)
+            if mode == "reasoning" and pred["parse_error"].is_not_null().all():
+                # a model that never learned to explain (a label-only corpus): its labels still distill
+                notes.append(f"{name}: no AdNanny label+reasoning output parsed; the pool was labeled label-only, "
+                             "so DQC checks only the tags.")
+                mode = "label"
+                out = ctx.out / "pool" / f"{name}.label.parquet"
+                _label(engine, model_dir, inp, out, lcfg, mode=mode, task=name)
+                pred = pl.read_parquet(out)
+            modes[name] = mode
             by_id = {r["id"]: r for r in pool}
             f = {"pool": pred.height, "parsed": 0, "dqc_kept": 0, "dropped": {}}
             for p in pred.iter_rows(named=True):
@@ -151,12 +165,12 @@ class DistillStage:
                     continue
                 f["parsed"] += 1
                 src = {f_: by_id[p["id"]].get(f_) for f_ in spec.input_fields}
-                reason, detail = dqc_reason(spec, p["id"], p["raw"] or "", labels, src, cfg, cfg.pool_mode)
+                reason, detail = dqc_reason(spec, p["id"], p["raw"] or "", labels, src, cfg, mode)
                 split = "eval" if _unit(f"{seed}:{p['id']}") < cfg.eval_fraction else "train"
                 prov = {"teacher": "adnanny", "model": str(model_dir), "prediction": str(out), "id": p["id"],
                         "dqc": reason or "kept", **({"dqc_detail": detail} if detail else {})}
                 made = []
-                if cfg.pool_mode == "reasoning" and p.get("reasoning"):
+                if mode == "reasoning" and p.get("reasoning"):
                     made.append(make_row(id=f"{p['id']}-r", task=spec, mode="reasoning", input=src, labels=labels,
                                          reasoning=p["reasoning"], split=split, provenance=prov))
                 made.append(make_row(id=f"{p['id']}-l", task=spec, mode="label", input=src, labels=labels,
@@ -171,7 +185,6 @@ class DistillStage:
         engine = None
         tok = cfg.student_tokenizer or str(model_dir)
         students: dict[str, Path] = {}
-        notes: list[str] = []
         for key, system in (("corpus", "student"), ("corpus_dqc", "student_dqc")):
             data = rows[key]
             if not any(r["split"] == "train" for r in data):
@@ -197,6 +210,8 @@ class DistillStage:
                 p = label_dir / "predictions" / f"{name}.{fname}.parquet"
                 if p.is_file():
                     preds[system] = pl.read_parquet(p)
+                elif system == "adnanny":  # the teacher row is absent when the flow has no prompted baseline
+                    raise StageInputError(f"label stage folder `{label_dir}` lacks AdNanny's predictions `{p.name}`")
             for system, sdir in students.items():
                 out = ctx.out / "predictions" / f"{name}.{system}.parquet"
                 out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +232,7 @@ class DistillStage:
             notes.append(f"{name}: AdNanny labeled {f['pool']} pool inputs, {f['parsed']} parsed, DQC kept "
                          f"{f['dqc_kept']} (dropped: {drops}).")
         return StageResult(
-            metrics={"table6": table6, "table6_view": views, "funnel": funnel},
+            metrics={"table6": table6, "table6_view": views, "funnel": funnel, "pool_mode": modes},
             artifacts={**{s: f"{s}/model" for s in students},
                        **{k: k for k in ("corpus", "corpus_dqc") if (ctx.out / k / "corpus.parquet").is_file()}},
             notes=notes,
@@ -307,6 +322,22 @@ class DistillStage:
                 found[p.stem.split(".", 1)[1]] = {k: v for k, v in df.row(0, named=True).items()
                                                   if k not in ("raw", "label_probs")}
         return found or None
+
+
+def _trained_mode(model_dir: Path, task: str) -> str:
+    """`reasoning` when the model's training corpus (its `adnanny_model.json` names it) holds reasoning rows of
+    `task`, else `label`: a model trained label-only cannot write the rationales the reasoning pool asks for."""
+    import polars as pl
+
+    try:
+        corpus = json.loads((model_dir / "adnanny_model.json").read_text()).get("corpus")
+        p = Path(corpus)
+        files = [p] if p.is_file() else sorted(p.glob("*.parquet"))
+        n = sum(pl.scan_parquet(f).filter((pl.col("task") == task) & (pl.col("mode") == "reasoning"))
+                .select(pl.len()).collect().item() for f in files)
+    except (OSError, ValueError, TypeError, pl.exceptions.PolarsError):
+        return "reasoning"  # unknown: try, and fall back to label-only if nothing parses
+    return "reasoning" if n else "label"
 
 
 def _unit(key: str) -> float:
