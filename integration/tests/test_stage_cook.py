@@ -95,7 +95,7 @@ def cooked(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("run")
     with ScriptedTeacher("good") as t:
         ctx, res = _run(tmp, teacher="endpoint", base_url=t.base_url, model="teacher")
-    return ctx, res, t
+        yield ctx, res, t
 
 
 def test_gate_passes_then_teacher_rationales_join_the_label_rows(cooked) -> None:
@@ -124,6 +124,17 @@ def test_gate_passes_then_teacher_rationales_join_the_label_rows(cooked) -> None
     assert all((ctx.out / p).exists() for p in res.artifacts.values())
     assert res.metrics["teacher"]["model"] == "teacher" and res.metrics["teacher"]["endpoint"] == teacher.base_url
     assert any("gate passed" in n for n in res.notes)
+
+
+def test_rerun_with_more_teacher_inputs_reuses_the_cache(cooked) -> None:
+    ctx, _res, teacher = cooked
+    n = len(teacher.requests)
+    _ctx, res = _run(ctx.run_dir, teacher="endpoint", base_url=teacher.base_url, model="teacher", teacher_inputs=5)
+    # a new cook run folder for the new settings (cook refuses to resume under others), one shared cache: the
+    # gate and the first 4 inputs' candidates come from it, only the 5th input's k=2 calls are new
+    assert len(teacher.requests) - n == 2
+    assert res.metrics["funnel"]["query_ad"]["requested"] == 5 and res.metrics["funnel"]["query_ad"]["kept"] == 5
+    assert len([d for d in (ctx.out / "teacher" / "query_ad").iterdir() if d.is_dir()]) == 2
 
 
 def test_trace_gives_the_teacher_prompt_and_response(cooked) -> None:

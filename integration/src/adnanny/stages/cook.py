@@ -29,8 +29,9 @@ Per task of the flow, top to bottom:
    kept rationale).
 
 Folder: `world/` (sample world: catalog, logs, golden sets, tokenizer), `inputs/<task>.parquet`,
-`label/<task>/` (run_corpus), `teacher/` (server log/port) and `teacher/<task>/` (cook's run: golden report,
-cache.sqlite, dropped.jsonl, chunks), `corpus/` (the stage's corpus: corpus.parquet, tasks/, card).
+`label/<task>/` (run_corpus), `teacher/` (server log/port), `teacher/<task>/cache.sqlite` (the task's response
+cache) and `teacher/<task>/<fingerprint>/` (cook's run for one set of teacher settings: golden report,
+dropped.jsonl, chunks; `current.json` names the one in use), `corpus/` (the stage's corpus).
 """
 
 from __future__ import annotations
@@ -261,7 +262,10 @@ def _cook_config(ctx: StageContext, cfg: CookStageConfig, ref: str, name: str, i
                  endpoint: Any) -> Any:
     from adnanny_cook import CookConfig
 
-    return CookConfig(task=ref, input=str(inputs), out=str(ctx.out / "teacher" / name), labels=list(cfg.labels),
+    # the run folder is per fingerprint (cook refuses to resume a folder under other settings); the response
+    # cache is shared by the task's runs, so a changed size re-asks only the calls it has not made
+    return CookConfig(task=ref, input=str(inputs), out=str(inputs.parent), labels=list(cfg.labels),
+                      cache=str(ctx.out / "teacher" / name / "cache.sqlite"),
                       on_bad_row="quarantine", base_url=endpoint.base_url, model=endpoint.model,
                       api_key_env=cfg.api_key_env, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
                       temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=list(cfg.stop), k=cfg.k,
@@ -389,23 +393,32 @@ class CookStage:
                                   "kind": cfg.teacher, "answer": cfg.teacher_answer}
             for p in plan:
                 spec, name = p["spec"], p["spec"].name
-                tdir = ctx.out / "teacher" / name
-                tdir.mkdir(parents=True, exist_ok=True)
                 # the gate's examples: a label-stratified subset of the task's golden set
                 golden = _read_jsonl(p["golden"]) if p["golden"].is_file() else []
-                gate_file = tdir / "golden_gate.jsonl"
                 primary = spec.primary_field or spec.field_order[0]
-                _write_jsonl(gate_file, _stratified(golden, cfg.golden_examples,
-                                                    primary if spec.label_fields.get(primary) else None, seed))
+                gate_rows = _stratified(golden, cfg.golden_examples,
+                                        primary if spec.label_fields.get(primary) else None, seed)
                 # the teacher's inputs: a seeded subset of the label corpus's inputs
                 import polars as pl
 
                 df = pl.read_parquet(p["inputs"])
                 ids = sorted(df["id"].cast(pl.Utf8).to_list(), key=lambda i: _h(f"{seed}:teacher:{i}"))
-                chosen = set(ids[: cfg.teacher_inputs])
+                chosen = sorted(ids[: cfg.teacher_inputs])
+                fp = _h(json.dumps({"inputs": chosen, "gate": [g["id"] for g in gate_rows], "model": model,
+                                    "cfg": cfg.model_dump(include={"k", "max_tokens", "temperature", "stop",
+                                                                   "teacher_answer", "golden_variants",
+                                                                   "embed_model", "labels", "eval_fraction"})},
+                                   sort_keys=True, default=str))[:12]
+                tdir = ctx.out / "teacher" / name / fp
+                tdir.mkdir(parents=True, exist_ok=True)
+                _atomic_text(ctx.out / "teacher" / name / "current.json",
+                             json.dumps({"dir": fp, "teacher_answer": cfg.teacher_answer}))
+                gate_file = tdir / "golden_gate.jsonl"
+                if not gate_file.is_file():
+                    _write_jsonl(gate_file, gate_rows)
                 t_inputs = tdir / "input.parquet"
-                sub = df.filter(pl.col("id").cast(pl.Utf8).is_in(sorted(chosen)))
-                if not t_inputs.is_file() or pl.read_parquet(t_inputs).height != sub.height:
+                sub = df.filter(pl.col("id").cast(pl.Utf8).is_in(chosen))
+                if not t_inputs.is_file():
                     _write_parquet(sub.to_dicts(), t_inputs)
                 ccfg = _cook_config(ctx, cfg, p["ref"], name, t_inputs, gate_file, ep)
                 ctx.log(f"cook: {name}: golden-set gate on {len(_read_jsonl(gate_file))} examples x "
@@ -512,9 +525,9 @@ class CookStage:
                 spec = load_task_from_dir(corpus, r["task"])
                 teacher_dir = Path(out) / "teacher" / r["task"]
                 answer = "tagged"
-                run = teacher_dir / ".work" / "run.json"
-                if run.is_file():
-                    answer = json.loads(run.read_text()).get("teacher_answer", "tagged")
+                cur = teacher_dir / "current.json"
+                if cur.is_file():
+                    answer = json.loads(cur.read_text()).get("teacher_answer", "tagged")
                 rec["teacher"] = prov.get("teacher")
                 rec["variant"] = prov.get("variant")
                 rec["teacher_prompt"] = spec.reasoning_messages(json.loads(r["input"]), json.loads(r["labels"]),
