@@ -51,8 +51,9 @@ def test_model_dir_loads_and_metrics_follow_the_schema(trained) -> None:
     assert m["steps"] == 6 and m["tokens_per_s"] > 0
     assert set(m["val"]["query_ad"]) >= {"bacc", "auc"} and 0 <= m["val"]["query_ad"]["bacc"] <= 1
     steps = [json.loads(x) for x in (ctx.out / res.artifacts["log"]).read_text().splitlines()]
-    train = [r for r in steps if r["kind"] == "train"]
-    assert [r["step"] for r in train] == list(range(1, 7)) and all(r["loss"] > 0 for r in train)
+    assert [r["step"] for r in steps] == list(range(1, 7)) and all(r["loss"] > 0 for r in steps)
+    raw = [json.loads(x) for x in (ctx.out / res.artifacts["sft_log"]).read_text().splitlines()]
+    assert [r["loss"] for r in raw if r["kind"] == "train"] == [r["loss"] for r in steps]
 
 
 def test_recipe_and_weighting_reach_adnanny_sft(trained) -> None:

@@ -139,6 +139,12 @@ class TrainStage:
                    "n": int(th["n"])} for t, th in (manifest.get("thresholds") or {}).items()}
         for t, v in val.items():
             ctx.log(f"train: {t}: validation BACC {v['bacc']:.1%}, AUC {v['auc']:.3f} on {v['n']} rows")
+        # the log the report reads: one record per optimizer step (adnanny-sft's own log also holds data/eval records)
+        from adnanny_cook.corpus import atomic_write_bytes
+
+        atomic_write_bytes(ctx.out / "log.jsonl", "".join(
+            json.dumps({k: r.get(k) for k in ("step", "loss", "nll", "lr", "grad_norm", "tokens_per_s")}) + "\n"
+            for r in steps).encode())
         notes = []
         if result.resumed_from:
             notes.append(f"train: resumed from step {result.resumed_from} of adnanny-sft's checkpoints.")
@@ -146,7 +152,8 @@ class TrainStage:
             metrics={"tokens_per_s": sum(tps) / len(tps) if tps else 0.0, "steps": result.steps, "val": val,
                      "final_loss": steps[-1]["nll"] if steps else None, "rows": result.data.get("summary"),
                      "seconds": round(time.perf_counter() - t0, 1)},
-            artifacts={"model": "model", "log": "sft/log.jsonl", "sft_manifest": "sft/manifest.json"},
+            artifacts={"model": "model", "log": "log.jsonl", "sft_log": "sft/log.jsonl",
+                       "sft_manifest": "sft/manifest.json"},
             notes=notes,
             lineage={"corpus": sft.corpus, "base_model": sft.model, **({"tokenizer": sft.tokenizer}
                                                                       if sft.tokenizer else {})})
