@@ -76,3 +76,15 @@ def test_config_and_supports() -> None:
     cuda = torch.cuda.is_available()
     assert lines[1].supported is cuda and (cuda or "dequantized at load" in lines[1].why)
     assert lines[2].supported is (cuda and importlib.util.find_spec("vllm") is not None)
+
+
+def test_task_home_falls_back_to_the_train_model(model: Path, tmp_path: Path) -> None:
+    from adnanny.stages.quantize import task_home
+
+    aligned = tmp_path / "align" / "model"  # adnanny-rl saves weights + tokenizer, no tasks/ or threshold
+    aligned.mkdir(parents=True)
+    (aligned / "config.json").write_text("{}")
+    assert task_home(model, {}) == model
+    assert task_home(aligned, {"train": model.parent}) == model
+    with pytest.raises(StageInputError, match="stores no task definitions under tasks/"):
+        task_home(aligned, {})

@@ -37,7 +37,7 @@ from pydantic import Field
 from adnanny.stage import StageContext, StageResult, Support
 from adnanny.stages.label import Config as LabelConfig
 from adnanny.stages.label import _atomic_parquet, _corpus_rows, _label, corpus_dir, evaluate_system, task_views
-from adnanny.stages.quantize import StageInputError, source_model
+from adnanny.stages.quantize import StageInputError, source_model, task_home
 from adnanny_cook.settings import Settings
 
 __all__ = ["Config", "DistillStage", "STAGE", "dqc_reason"]
@@ -121,13 +121,15 @@ class DistillStage:
         if not tasks:
             raise StageInputError(f"label stage folder `{label_dir}` has no heldout/<task>.parquet")
         engine = None
+        home = task_home(model_dir, ctx.inputs)
         notes: list[str] = []
         modes: dict[str, str] = {}
         rows: dict[str, list[dict[str, Any]]] = {"corpus": [], "corpus_dqc": []}
         funnel: dict[str, Any] = {}
         specs = {}
         for name in tasks:
-            spec = load_task_from_dir(model_dir, name)
+            spec = load_task_from_dir(home, name)
+            task_ref = str(home / "tasks" / f"{name}.toml")
             specs[name] = spec
             held_ids = set(pl.read_parquet(label_dir / "heldout" / f"{name}.parquet")["id"].cast(pl.Utf8).to_list())
             pool = [r for r in _corpus_rows(corpus_dir(cook), spec, "train") if r["id"] not in held_ids]
@@ -140,13 +142,13 @@ class DistillStage:
             inp = ctx.out / "pool" / f"{name}.inputs.parquet"
             _atomic_parquet(inputs, inp)
             out = ctx.out / "pool" / f"{name}.parquet"
-            mode = cfg.pool_mode if cfg.pool_mode != "auto" else _trained_mode(model_dir, name)
+            mode = cfg.pool_mode if cfg.pool_mode != "auto" else _trained_mode(home, name)
             ctx.log(f"distill: {name}: AdNanny labels {inputs.height} pool inputs ({mode} mode)")
             if engine is None:
                 from adnanny_serve import load_engine
 
                 engine = load_engine(str(model_dir), device=cfg.device, batch_size=cfg.batch_size)
-            _label(engine, model_dir, inp, out, lcfg, mode=mode, task=name)
+            _label(engine, model_dir, inp, out, lcfg, mode=mode, task=task_ref)
             pred = pl.read_parquet(out)
             if mode == "reasoning" and pred["parse_error"].is_not_null().all():
                 # a model that never learned to explain (a label-only corpus): its labels still distill
@@ -154,7 +156,7 @@ class DistillStage:
                              "so DQC checks only the tags.")
                 mode = "label"
                 out = ctx.out / "pool" / f"{name}.label.parquet"
-                _label(engine, model_dir, inp, out, lcfg, mode=mode, task=name)
+                _label(engine, model_dir, inp, out, lcfg, mode=mode, task=task_ref)
                 pred = pl.read_parquet(out)
             modes[name] = mode
             by_id = {r["id"]: r for r in pool}

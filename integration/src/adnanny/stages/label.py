@@ -43,7 +43,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from adnanny.stage import StageContext, StageResult, Support
-from adnanny.stages.quantize import StageInputError, model_dir_of, source_model
+from adnanny.stages.quantize import StageInputError, model_dir_of, source_model, task_home
 from adnanny_cook.settings import Settings
 
 __all__ = ["Config", "LabelStage", "STAGE", "heldout_frame", "task_views", "train_frame"]
@@ -450,13 +450,17 @@ class LabelStage:
         src_stage, model_dir = source_model(ctx.inputs, cfg.source)
         fp8_dir = model_dir_of(Path(ctx.inputs["quantize"])) if ctx.inputs.get("quantize") else None
         cook = Path(ctx.inputs["cook"]) if ctx.inputs.get("cook") else None
-        specs = self._tasks(model_dir, ctx.flow)
+        notes: list[str] = []
+        home = task_home(model_dir, ctx.inputs)
+        specs = self._tasks(home, ctx.flow)
+        if not (model_dir / "adnanny_model.json").is_file():
+            notes.append(f"{model_dir} carries no adnanny_model.json: AdNanny's labels are greedy (no calibrated "
+                         "threshold); its task definitions come from " + str(home / "tasks") + ".")
         if cfg.input and len([s for s in specs.values() if s.kind == "label"]) != 1:
             raise StageInputError(f"`label.input` holds one task's rows, but the model has label tasks "
                                   f"{sorted(specs)}; restrict the flow's `tasks` to one")
         engines = _Engines(cfg)
         metrics: dict[str, Any] = {"tables": {}, "paired": {}, "precision": {}}
-        notes: list[str] = []
         artifacts: dict[str, str] = {}
         stats_lo: list[dict[str, Any]] = []
         stats_re: list[dict[str, Any]] = []
@@ -477,12 +481,11 @@ class LabelStage:
             preds_dir = ctx.out / "predictions"
             preds_dir.mkdir(parents=True, exist_ok=True)
             preds: dict[str, Any] = {}
-            task_ref = str(model_dir / "tasks" / f"{name}.toml") if (model_dir / "tasks" / f"{name}.toml").is_file() \
-                else name
+            task_ref = str(home / "tasks" / f"{name}.toml")  # one definition for every system's prompts
 
             ctx.log(f"label: {name}: AdNanny label-only on {heldout.height} rows")
             out = preds_dir / f"{name}.adnanny.parquet"
-            stats_lo.append(_label(engines.get(model_dir), model_dir, inp, out, cfg, task=name))
+            stats_lo.append(_label(engines.get(model_dir), model_dir, inp, out, cfg, task=task_ref))
             preds["adnanny"] = pl.read_parquet(out)
             artifacts[f"predictions_{name}"] = str(out.relative_to(ctx.out))
 
@@ -492,7 +495,7 @@ class LabelStage:
                 ctx.log(f"label: {name}: AdNanny label+reasoning on {min(cfg.reasoning_rows, heldout.height)} rows")
                 out = preds_dir / f"{name}.adnanny_reasoning.parquet"
                 stats_re.append(_label(engines.get(model_dir), model_dir, sub, out, cfg, mode="reasoning",
-                                       task=name))
+                                       task=task_ref))
                 preds["adnanny_reasoning"] = pl.read_parquet(out)
 
             if cfg.injection_rows:
@@ -501,7 +504,7 @@ class LabelStage:
                 sub = d / f"{name}.injected.parquet"
                 _atomic_parquet(attacked.drop("injected"), sub)
                 out = preds_dir / f"{name}.injection.parquet"
-                _label(engines.get(model_dir), model_dir, sub, out, cfg, task=name)
+                _label(engines.get(model_dir), model_dir, sub, out, cfg, task=task_ref)
                 inj_pred = pl.read_parquet(out)
                 clean = dict(zip(preds["adnanny"]["id"].to_list(), preds["adnanny"][spec.primary_field].to_list()))
                 for kind, rid, lab in zip(attacked["injected"].to_list(), inj_pred["id"].to_list(),
@@ -520,7 +523,7 @@ class LabelStage:
                     _atomic_parquet(heldout.head(rows_fp8), sub)
                 ctx.log(f"label: {name}: FP8 export label-only on {min(rows_fp8, heldout.height)} rows")
                 out = preds_dir / f"{name}.adnanny_fp8.parquet"
-                _label(engines.get(fp8_dir), fp8_dir, sub, out, cfg, task=name)
+                _label(engines.get(fp8_dir), fp8_dir, sub, out, cfg, task=task_ref)
                 preds["adnanny_fp8"] = pl.read_parquet(out)
 
             train = None

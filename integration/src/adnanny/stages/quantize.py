@@ -25,7 +25,7 @@ from pydantic import Field
 from adnanny.stage import StageContext, StageResult, Support
 from adnanny_cook.settings import Settings
 
-__all__ = ["FP8_DIR", "Config", "QuantizeStage", "STAGE", "model_dir_of", "source_model"]
+__all__ = ["FP8_DIR", "Config", "QuantizeStage", "STAGE", "model_dir_of", "source_model", "task_home"]
 
 FP8_DIR = "model-fp8"
 #: files of an exported AdNanny model dir that describe how to use it (not weights); copied next to the FP8 weights
@@ -81,6 +81,20 @@ def source_model(inputs: dict[str, Path] | Any, source: str = "auto") -> tuple[s
                           "enable the train stage (and align, if `source = \"align\"`)")
 
 
+def task_home(model_dir: Path, inputs: Any) -> Path:
+    """The model dir whose `tasks/*.toml` (and `adnanny_model.json`) describe `model_dir`'s tasks: itself when it
+    has them (an adnanny-sft export), else the train stage's model it was made from (an aligned model that was
+    saved without them)."""
+    if (Path(model_dir) / "tasks").is_dir():
+        return Path(model_dir)
+    if "train" in inputs and inputs["train"] is not None:
+        train = model_dir_of(Path(inputs["train"]))
+        if (train / "tasks").is_dir():
+            return train
+    raise StageInputError(f"model dir `{model_dir}` stores no task definitions under tasks/ (an adnanny-sft export "
+                          "writes them) and no train stage folder provides them")
+
+
 def weight_bytes(model_dir: Path) -> dict[str, int]:
     """{"input": bytes as stored, "bf16": bytes in BF16 (floating tensors at 2 bytes)} of an HF checkpoint."""
     from adnanny_ckpt.safetensors_io import HFCheckpointReader
@@ -119,8 +133,11 @@ class QuantizeStage:
         for extra in _MODEL_EXTRAS:
             if (src / extra).is_file():
                 shutil.copy2(src / extra, dst / extra)
-        if (src / "tasks").is_dir():  # the task definitions the model was trained on (adnanny-serve label reads them)
-            shutil.copytree(src / "tasks", dst / "tasks", dirs_exist_ok=True)
+        # the task definitions the model was trained on (adnanny-serve label reads them); an aligned model saved
+        # without them gets its train model's. Its threshold file is copied only from the model itself: a threshold
+        # calibrated for another model would not describe this one.
+        home = task_home(src, ctx.inputs)
+        shutil.copytree(home / "tasks", dst / "tasks", dirs_exist_ok=True)
         sizes = weight_bytes(src)
         metrics = {
             "weight_bytes": {"bf16": sizes["bf16"], "fp8": int(rep.bytes_out), "input": sizes["input"]},
