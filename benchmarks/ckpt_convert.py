@@ -7,14 +7,20 @@ that a 1 GB checkpoint still has a full layer) of about 1, 2 and 4 GB are conver
 * forward: HF FP8 -> megatron BF16, legacy per-rank files, PP = #layers (one layer per stage) x EP 4, so the
   per-rank shard size stays fixed while the number of ranks grows with the input; and torch_dist (streamed);
 * reverse: megatron (legacy) -> HF FP8 with 128x128 block scales (the serving path);
-* naive baseline (1 and 2 GB only): load every shard, dequantize everything, build all ranks' dicts, save.
+* naive baseline: load every shard, dequantize everything, build all ranks' dicts, save (a size runs only when
+  the machine's MemAvailable exceeds 1.5x the naive's expected peak, ~2.7x the input);
+* ``--workers 1,2``: the legacy forward conversion with that many worker processes, each row beside the naive
+  run of the same size: ``speed_ratio_vs_naive`` (naive seconds / ours) and ``rss_ratio_vs_naive`` (our peak
+  resident memory of the whole process tree — parent + workers, sampled every 50 ms, and at least the
+  parent's VmHWM — over the naive's).
 
 Each measurement runs in a fresh subprocess (peak RSS = its VmHWM; CPU seconds recorded too). The disk is measured in the same run:
 sequential write with fdatasync, then a read after POSIX_FADV_DONTNEED on that file. Inputs are evicted from the
 page cache the same way before every conversion, so conversion reads are cold where the kernel honours the
 advice (reported). The machine is shared: load averages are recorded; timings are noisy.
 
-    python benchmarks/ckpt_convert.py [--sizes 1,2,4] [--naive-sizes 1,2] [--formats legacy,torch_dist] [--tmp DIR]
+    python benchmarks/ckpt_convert.py [--sizes 1,2,4] [--naive-sizes 1,2,4] [--workers 1,2]
+        [--formats legacy,torch_dist,reverse] [--tmp DIR]
 
 ``--formats legacy --naive-sizes ''`` reruns only the legacy forward and the reverse (which reads its output).
 The previous results file is kept under ``"previous"`` in the new one, for comparison.
@@ -123,14 +129,50 @@ def naive_forward(src: Path, out: Path, pp: int, ep: int) -> None:
                 os.fsync(fh.fileno())
 
 
+class TreeRSS:
+    """Peak resident memory of this process and all its children, sampled every 50 ms (worker processes are not
+    in the parent's VmHWM)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._me = psutil.Process()
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._th.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self._me, *self._me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._th.join()
+        return self.peak
+
+
 def one(job: dict) -> dict:
     """Run one measurement (in this fresh process)."""
     src, out = Path(job["src"]), Path(job["out"])
+    tree = TreeRSS()
     t = time.perf_counter()
     if job["kind"] == "forward":
         from adnanny_ckpt import hf_to_mcore
 
-        hf_to_mcore(src, out, pp=job["pp"], ep=job["ep"], ckpt_format=job["format"], progress=False)
+        hf_to_mcore(src, out, pp=job["pp"], ep=job["ep"], ckpt_format=job["format"], progress=False,
+                    workers=job.get("workers", 1))
     elif job["kind"] == "reverse":
         from adnanny_ckpt import mcore_to_hf
 
@@ -138,15 +180,20 @@ def one(job: dict) -> dict:
     else:
         naive_forward(src, out, job["pp"], job["ep"])
     sec = time.perf_counter() - t
+    tree_peak = tree.stop()
     ru = resource.getrusage(resource.RUSAGE_SELF)
     # peak RSS from VmHWM: ru_maxrss survives exec on Linux and would report the *parent's* high-water mark
     hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     # CPU seconds tell how much of the wall time was our own work on this shared, oversubscribed machine
-    return {"seconds": sec, "cpu_seconds": ru.ru_utime + ru.ru_stime, "peak_rss_gb": hwm_kb * 1024 / 1e9}
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"seconds": sec, "cpu_seconds": ru.ru_utime + ru.ru_stime + kids.ru_utime + kids.ru_stime,
+            "parent_peak_rss_gb": hwm_kb * 1024 / 1e9, "tree_peak_rss_gb": tree_peak / 1e9,
+            "peak_rss_gb": max(hwm_kb * 1024, tree_peak) / 1e9}
 
 
 def run_job(job: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     p = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-3000:])
@@ -156,9 +203,10 @@ def run_job(job: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,2,4")
-    ap.add_argument("--naive-sizes", default="1,2")
-    ap.add_argument("--formats", default="legacy,torch_dist",
-                    help="forward formats to run; `legacy` also runs the reverse direction (it reads that output)")
+    ap.add_argument("--naive-sizes", default="1,2,4")
+    ap.add_argument("--workers", default="1,2", help="worker counts of the legacy forward rows")
+    ap.add_argument("--formats", default="legacy",
+                    help="legacy (forward, per --workers), torch_dist (forward, 1 worker), reverse (FP8 back to HF)")
     ap.add_argument("--tmp", default=None, help="scratch dir (needs ~4x the largest size free)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -180,15 +228,37 @@ def main() -> None:
             in_bytes = dir_bytes(src)
             row = {"size_gb_nominal": gb, "input_bytes": in_bytes, "layers": layers, "pp": layers, "ep": 4,
                    "ranks": layers * 4}
-            for fmt in [f for f in ("legacy", "torch_dist") if f in args.formats.split(",")]:
+            formats = args.formats.split(",")
+            naive = None
+            if str(gb) in args.naive_sizes.split(","):
+                avail = next(int(x.split()[1]) * 1024 for x in open("/proc/meminfo") if x.startswith("MemAvailable"))
+                if avail > 1.5 * 2.7 * in_bytes:
+                    evict(src)
+                    r = run_job({"kind": "naive", "src": str(src), "out": str(tmp / "n"), "pp": layers, "ep": 4})
+                    nb = dir_bytes(tmp / "n")
+                    naive = row["naive_forward"] = {**r, "output_bytes": nb, "gbps_in": in_bytes / r["seconds"] / 1e9}
+                    shutil.rmtree(tmp / "n")
+                    load.append(os.getloadavg())
+                else:
+                    row["naive_forward"] = {"skipped": f"MemAvailable {avail / 1e9:.1f} GB < 1.5 x the naive's "
+                                                       f"expected peak {2.7 * in_bytes / 1e9:.1f} GB"}
+            jobs = [("legacy", w) for w in [int(x) for x in args.workers.split(",")] if "legacy" in formats]
+            jobs += [("torch_dist", 1)] if "torch_dist" in formats else []
+            for fmt, workers in jobs:
                 evict(src)
                 r = run_job({"kind": "forward", "src": str(src), "out": str(tmp / "m"), "pp": layers, "ep": 4,
-                             "format": fmt})
+                             "format": fmt, "workers": workers})
                 out_bytes = dir_bytes(tmp / "m")
                 bound = in_bytes / (disk["read_cold_gbps"] * 1e9) + out_bytes / (disk["write_gbps"] * 1e9)
-                row[f"forward_{fmt}"] = {**r, "output_bytes": out_bytes, "gbps_in": in_bytes / r["seconds"] / 1e9,
-                                         "disk_bound_seconds": bound, "fraction_of_disk_bound": bound / r["seconds"]}
-                if fmt == "legacy":
+                rec = {**r, "workers": workers, "output_bytes": out_bytes, "gbps_in": in_bytes / r["seconds"] / 1e9,
+                       "disk_bound_seconds": bound, "fraction_of_disk_bound": bound / r["seconds"]}
+                if naive is not None:
+                    rec["speed_ratio_vs_naive"] = naive["seconds"] / r["seconds"]
+                    rec["rss_ratio_vs_naive"] = r["peak_rss_gb"] / naive["peak_rss_gb"]
+                else:
+                    rec["speed_ratio_vs_naive"] = rec["rss_ratio_vs_naive"] = None
+                row[f"forward_{fmt}_w{workers}"] = rec
+                if fmt == "legacy" and workers == 1 and "reverse" in formats:
                     evict(tmp / "m")
                     rr = run_job({"kind": "reverse", "src": str(tmp / "m"), "out": str(tmp / "h")})
                     hb = dir_bytes(tmp / "h")
@@ -198,13 +268,9 @@ def main() -> None:
                     shutil.rmtree(tmp / "h")
                 shutil.rmtree(tmp / "m")
                 load.append(os.getloadavg())
-            if str(gb) in args.naive_sizes.split(","):
-                evict(src)
-                r = run_job({"kind": "naive", "src": str(src), "out": str(tmp / "n"), "pp": layers, "ep": 4})
-                nb = dir_bytes(tmp / "n")
-                row["naive_forward"] = {**r, "output_bytes": nb, "gbps_in": in_bytes / r["seconds"] / 1e9}
-                shutil.rmtree(tmp / "n")
-                load.append(os.getloadavg())
+                print(f"  {gb} GB {fmt} w{workers}: {r['seconds']:.1f} s, {r['peak_rss_gb']:.2f} GB"
+                      + (f" (naive {naive['seconds']:.1f} s, {naive['peak_rss_gb']:.2f} GB)" if naive else ""),
+                      file=sys.stderr)
             shutil.rmtree(src)
             rows.append(row)
             print(f"done {gb} GB", file=sys.stderr)
@@ -216,7 +282,8 @@ def main() -> None:
                               "are both reported — if they are close, the kernel/VM served reads from a host cache",
            "machine_note": "shared 2-core VM with other jobs running: timings are noisy",
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "args": {"sizes": args.sizes, "naive_sizes": args.naive_sizes, "formats": args.formats}}
+           "args": {"sizes": args.sizes, "naive_sizes": args.naive_sizes, "formats": args.formats,
+                    "workers": args.workers}}
     if RESULTS.exists():
         prev = json.loads(RESULTS.read_text())
         prev.pop("previous", None)  # one level of history is enough to compare
@@ -225,15 +292,19 @@ def main() -> None:
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
     print(f"disk: write {disk['write_gbps']:.2f} GB/s (fdatasync), read cold {disk['read_cold_gbps']:.2f} GB/s, "
           f"warm {disk['read_warm_gbps']:.2f} GB/s")
-    hdr = f"{'size':>5} {'method':<22} {'sec':>7} {'GB/s in':>8} {'% disk bound':>12} {'peak RSS GB':>11}"
+    hdr = (f"{'size':>5} {'method':<22} {'sec':>7} {'GB/s in':>8} {'% disk bound':>12} {'peak RSS GB':>11} "
+           f"{'speed/naive':>11} {'RSS/naive':>9}")
     print(hdr)
     for row in rows:
-        for key in ("forward_legacy", "forward_torch_dist", "reverse_fp8", "naive_forward"):
-            if key in row:
-                r = row[key]
-                frac = f"{100 * r['fraction_of_disk_bound']:.0f}%" if "fraction_of_disk_bound" in r else "-"
-                print(f"{row['input_bytes'] / 1e9:>5.2f} {key:<22} {r['seconds']:>7.1f} {r['gbps_in']:>8.3f} "
-                      f"{frac:>12} {r['peak_rss_gb']:>11.2f}")
+        for key in sorted(k for k in row if k.startswith(("forward_", "reverse_", "naive_"))):
+            r = row[key]
+            if "seconds" not in r:
+                continue
+            frac = f"{100 * r['fraction_of_disk_bound']:.0f}%" if "fraction_of_disk_bound" in r else "-"
+            sp = f"{r['speed_ratio_vs_naive']:.2f}" if r.get("speed_ratio_vs_naive") else "-"
+            rs = f"{r['rss_ratio_vs_naive']:.2f}" if r.get("rss_ratio_vs_naive") else "-"
+            print(f"{row['input_bytes'] / 1e9:>5.2f} {key:<22} {r['seconds']:>7.1f} {r['gbps_in']:>8.3f} "
+                  f"{frac:>12} {r['peak_rss_gb']:>11.2f} {sp:>11} {rs:>9}")
     print(f"loadavg samples: {[tuple(round(x, 1) for x in s) for s in load]}")
     print(f"wrote {RESULTS}")
 
