@@ -67,15 +67,18 @@ def test_config_and_supports() -> None:
     with pytest.raises(ValueError, match=r"unknown key `max_shard` \(did you mean `max_shard_gb`\?\)"):
         load_settings(Config, overrides={"max_shard": 1}, error=ValueError, what="quantize")
     lines = STAGE.supports(Config(), None)
-    assert all(isinstance(s, Support) for s in lines)
-    assert lines[0].supported and "FP8 export" in lines[0].what
+    assert all(isinstance(s, Support) for s in lines) and all(s.supported for s in lines)
+    assert "FP8 export" in lines[0].what and "dequantized at load" in lines[1].what
     import importlib.util
+    from types import SimpleNamespace
 
     import torch
 
     cuda = torch.cuda.is_available()
-    assert lines[1].supported is cuda and (cuda or "dequantized at load" in lines[1].why)
-    assert lines[2].supported is (cuda and importlib.util.find_spec("vllm") is not None)
+    gpu = STAGE.supports(Config(), SimpleNamespace(label=SimpleNamespace(device="cuda", engine="transformers")))[1]
+    assert "fp8_weights=keep" in gpu.what and gpu.supported is cuda and (cuda or gpu.why == "no CUDA device")
+    vl = STAGE.supports(Config(), SimpleNamespace(label=SimpleNamespace(device="cuda", engine="vllm")))[1]
+    assert vl.supported is (cuda and importlib.util.find_spec("vllm") is not None)
 
 
 def test_task_home_falls_back_to_the_train_model(model: Path, tmp_path: Path) -> None:

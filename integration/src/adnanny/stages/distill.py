@@ -271,8 +271,6 @@ class DistillStage:
         return Path(res.model_dir)
 
     def supports(self, config: Any, flow: Any) -> list[Support]:
-        import importlib.util
-
         cfg = config if isinstance(config, Config) else Config()
         out = [Support("AdNanny-labeled, AdNanny-explained distillation data with cook's DQC filters", True)]
         if cfg.student_model.startswith("tiny"):
@@ -285,9 +283,6 @@ class DistillStage:
                 out.append(Support(f"student `{cfg.student_model}` trained with adnanny-sft", True))
             except Exception as e:  # a 7B student is a local HF dir at paper scale
                 out.append(Support(f"student `{cfg.student_model}`", False, str(e)))
-        meg = importlib.util.find_spec("megatron") is not None
-        out.append(Support("student trained on the Megatron backend (multi-GPU)", meg,
-                           "" if meg else "megatron-core is not installed; the HF backend trains the student"))
         return out
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:

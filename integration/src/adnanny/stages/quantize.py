@@ -154,17 +154,24 @@ class QuantizeStage:
                            lineage={"quantized_from": str(src)})
 
     def supports(self, config: Any, flow: Any) -> list[Support]:
-        cuda = _cuda_available()
-        vllm = importlib.util.find_spec("vllm") is not None
-        return [
-            Support("FP8 export (DeepSeek-V3 format, 128x128 block scales) with adnanny-serve quantize", True),
-            Support("FP8 weights kept in FP8 at inference (adnanny-serve fp8_weights=keep on CUDA)", cuda,
-                    "" if cuda else "no CUDA device: FP8 checkpoints are dequantized at load on CPU, so Table 9 "
-                    "compares the codec's accuracy, not FP8 matmuls"),
-            Support("FP8 inference on vLLM", cuda and vllm,
-                    "" if cuda and vllm else "vllm is not installed (adnanny-serve[vllm], GPU only)" if not vllm
-                    else "no CUDA device"),
-        ]
+        lab = getattr(flow, "label", None)
+        device = str(getattr(lab, "device", "cpu"))
+        engine = str(getattr(lab, "engine", "transformers"))
+        out = [Support("FP8 export (DeepSeek-V3 format, 128x128 block scales) with adnanny-serve quantize", True)]
+        if device.startswith("cuda") or engine == "vllm":  # what the label stage's config asks of the FP8 copy
+            cuda = _cuda_available()
+            vllm = importlib.util.find_spec("vllm") is not None
+            if engine == "vllm":
+                out.append(Support("FP8 inference on vLLM", cuda and vllm,
+                                   "" if cuda and vllm else "vllm is not installed (adnanny-serve[vllm], GPU only)"
+                                   if not vllm else "no CUDA device"))
+            else:
+                out.append(Support("FP8 weights kept in FP8 at inference (adnanny-serve fp8_weights=keep on CUDA)",
+                                   cuda, "" if cuda else "no CUDA device"))
+        else:
+            out.append(Support("FP8 copy labeled on CPU: weights dequantized at load (Table 9 measures the codec's "
+                               "accuracy, not FP8 matmuls)", True))
+        return out
 
     def trace(self, out: Path, row_id: str) -> dict[str, Any] | None:
         """No rows live here; lineage of a label passes through `quantized_from` (recorded by the engine)."""
