@@ -273,6 +273,8 @@ def main() -> None:
                       file=sys.stderr)
             shutil.rmtree(src)
             rows.append(row)
+            partial = RESULTS.with_suffix(".partial.json")  # a killed run still leaves its finished rows
+            partial.write_text(json.dumps({"rows": rows, "disk": disk, "loadavg_samples": load}, indent=2) + "\n")
             print(f"done {gb} GB", file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -290,6 +292,7 @@ def main() -> None:
         res["previous"] = prev
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    RESULTS.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"disk: write {disk['write_gbps']:.2f} GB/s (fdatasync), read cold {disk['read_cold_gbps']:.2f} GB/s, "
           f"warm {disk['read_warm_gbps']:.2f} GB/s")
     hdr = (f"{'size':>5} {'method':<22} {'sec':>7} {'GB/s in':>8} {'% disk bound':>12} {'peak RSS GB':>11} "

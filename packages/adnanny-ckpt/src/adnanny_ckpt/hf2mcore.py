@@ -47,7 +47,7 @@ from adnanny_ckpt.names import (
     model_spec_from_hf_config,
     mtp_shared_hf_names,
 )
-from adnanny_ckpt.safetensors_io import HFCheckpointReader, atomic_write_bytes, atomic_write_json, file_sha256, fsync_dir
+from adnanny_ckpt.safetensors_io import HFCheckpointReader, atomic_write_bytes, atomic_write_json, fsync_dir
 from adnanny_ckpt.records import RecordDir
 from adnanny_ckpt.torch_dist import write_common, write_global_metadata, write_rank_file
 from adnanny_ckpt.shards import Chunk, check_tp, fuse, global_rank, padded_vocab_size, rank_chunks, rank_name
@@ -247,7 +247,6 @@ def hf_to_mcore(hf: str | os.PathLike[str], out: str | os.PathLike[str], options
     ``ckpt_format`` = ``"torch_dist"`` | ``"legacy"``, ``mtp`` = ``"copy"`` | ``"drop"`` ...).
     """
     import torch
-    from tqdm.auto import tqdm
 
     known = set(ConvertOptions.__dataclass_fields__)
     unknown = sorted(set(overrides) - known)

@@ -33,7 +33,6 @@ from adnanny_ckpt.names import ModelSpec, ParamSpec, mcore_params, model_spec_fr
 from adnanny_ckpt.safetensors_io import (
     atomic_write_bytes,
     atomic_write_json,
-    file_sha256,
     fsync_dir,
     plan_shards,
     shard_file_name,
