@@ -3,12 +3,13 @@
 Later stages (rl, the flow, the checkpoint round trip, serve) need a model that answers in the tag format and
 has learned something, not a random init. This builds one from cook's sample world with the recipe
 :data:`FIXTURE_RECIPE` — a tiny DeepSeek-V3 (design.md) trained on the sample corpus in both target forms (so
-label-only and label+reasoning outputs parse), relevance-only ``query_ad`` targets, class-balanced sampling —
-and exports it like ``adnanny-sft train`` does (HF dir + ``adnanny_model.json`` with a calibrated threshold +
+label-only and label+reasoning outputs parse), all three ``query_ad`` labels, an LM loss on the task input,
+3-class balanced sampling — so it has learned relevance through the full built-in prompt — and exports it like ``adnanny-sft train`` does (HF dir + ``adnanny_model.json`` with a calibrated threshold +
 ``tasks/<name>.toml``).
 
-It is built once and cached by content: the key hashes the recipe, the cook sources that generate the sample
-corpus and its prompts, the adnanny-sft sources and the torch/transformers versions; any change builds a new one.
+It is built once and cached by content: the key hashes the recipe, the resolved SFTConfig values, the cook
+sources that generate the sample corpus, its prompts and tokenizer, the adnanny-sft modules that build the model
+(not its CLI, logger or test kit) and the torch/transformers versions; any such change builds a new one.
 The cache is ``$ADNANNY_CACHE/fixtures/<key>`` (default ``~/.cache/adnanny/fixtures/<key>``). Two processes
 asking at once (pytest-xdist, two suites) do not both build: an exclusive ``flock`` on ``<key>.lock``
 serialises them, the build happens in a temporary sibling directory, and it is published with one atomic
