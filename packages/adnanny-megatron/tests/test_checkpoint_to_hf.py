@@ -103,7 +103,7 @@ def test_random_init_checkpoint_needs_a_tokenizer(odd_vocab_hf: Path, tmp_path: 
     assert json.loads((out / "config.json").read_text())["vocab_size"] == VOCAB
 
 
-@pytest.mark.slow  # ~3-4 min on the shared CPU: a 4-process PP2 x EP2 run, two conversions, two label runs
+@pytest.mark.slow  # 56 s test time (~4 min wall with start-up) at load 5-9: 4-process PP2 x EP2 run, conversions, 2 label runs
 def test_fine_tuned_fixture_trained_pp2_ep2_converts_back_serves_and_labels(tmp_path: Path) -> None:
     """The paper's round trip (§4.1.2, Fig. 3) end to end: the shared fine-tuned tiny DeepSeek-V3 -> hf-to-mcore
     (inside the backend factory) -> 3 training steps with PP2 x EP2 over gloo -> backend.save -> `adnanny-ckpt
