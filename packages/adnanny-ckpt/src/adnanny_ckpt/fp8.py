@@ -119,7 +119,7 @@ def dequantize_blocks(
             f"tensor `{name}`: `scale_inv` has shape {tuple(scale_inv.shape)} but a [{m}, {n}] weight with "
             f"{bm}x{bn} blocks needs {list(want)}; the scale belongs to another tensor or the block size is wrong."
         )
-    out = torch.empty((m, n), dtype=out_dtype)
+    out = torch.empty((m, n), dtype=out_dtype, device=weight_fp8.device)  # no CPU round trip on GPU
     full, rem = divmod(n, bn)
     # work in bands of whole row blocks so the FP32 temporary stays small (o_proj is [7168, 16384])
     band = bm * max(1, (16 << 20) // max(1, n * 4 * bm))
