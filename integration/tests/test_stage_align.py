@@ -60,6 +60,10 @@ def test_aligned_model_loads_and_lineage(aligned) -> None:
     # the downstream rewards ran on tasks the model never trained on, and the notes say so
     assert any("keyword_query" in n and "not trained on" in n for n in res.notes)
     assert STAGE.trace(ctx.out, "anything") is None
+    # label reads the task definitions and the calibrated threshold from the aligned model itself
+    model = ctx.out / res.artifacts["model"]
+    assert (model / "tasks").is_dir() and (model / "adnanny_model.json").is_file()
+    assert any("keeps the SFT model's calibrated threshold" in n for n in res.notes)
 
 
 def test_paired_bootstrap_interval() -> None:

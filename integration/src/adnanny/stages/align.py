@@ -177,6 +177,17 @@ class AlignStage:
 
             shutil.rmtree(model)
         Path(summary["model"]).rename(model)
+        # The task definitions and the calibrated threshold travel with the aligned model, so `label` reads them
+        # from it; the threshold is the SFT model's (RL moves the policy by a KL-bounded step; not recalibrated).
+        for name in ("tasks", "adnanny_model.json"):
+            src, dst = Path(rl.policy) / name, model / name
+            if src.exists() and not dst.exists():
+                import shutil
+
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        if (Path(rl.policy) / "adnanny_model.json").exists():
+            notes.append("align: the aligned model keeps the SFT model's calibrated threshold (not recalibrated "
+                         "after RL).")
         from adnanny_sft.logs import read_log
 
         recs = read_log(ctx.out / "rl")
