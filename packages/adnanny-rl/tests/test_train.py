@@ -143,7 +143,8 @@ def test_grpo_raises_held_out_label_reward(policy: Path, tmp_path: Path) -> None
     reward of the sampling policy on 96 held-out prompts (8 samples each, one fixed sampler seed before and after)
     rises with a paired bootstrap interval above 0, while every step's KL to the reference stays < KL_BOUND."""
     out = tmp_path / "learn"
-    s = main(_cfg(policy, out, steps=30, prompts_per_step=8, group_size=4, micro_batch=16, lr=1e-3, beta=0.02,
+    # lr 5e-4, beta 0.04 on the relevance fixture (lr 1e-3, beta 0.02 drove a step KL to 0.95 there)
+    s = main(_cfg(policy, out, steps=30, prompts_per_step=8, group_size=4, micro_batch=16, lr=5e-4, beta=0.04,
                   eval_prompts=96, eval_samples=8, save_every=100))
     mb, ma, lo, _, kl = _learning_report(s, out, "query_ad")
     assert lo > 0 and ma > mb and kl < KL_BOUND
