@@ -11,12 +11,13 @@ obligations are the five names below; the engine can be tested with toy stages.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Stage", "StageContext", "StageResult", "Support"]
+__all__ = ["Stage", "StageContext", "StageResult", "Support", "stage_artifact"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,19 @@ class Stage(Protocol):
         The walk asks each stage on the lineage path about the same id; a stage whose rows carry other ids
         upstream (a distilled row made from label row X) returns `"upstream_id": X` in its dict."""
         ...
+
+
+def stage_artifact(folder: Path, key: str) -> Path | None:
+    """An artifact of a finished stage's folder, by the name its `manifest.json` gives it (None when the folder has
+    no readable manifest or no such artifact): how a stage finds an upstream stage's outputs without assuming
+    their layout."""
+    mf = folder / "manifest.json"
+    if not mf.is_file():
+        return None
+    try:
+        arts = json.loads(mf.read_text()).get("artifacts") or {}
+    except ValueError:
+        return None
+    if isinstance(arts, dict) and isinstance(arts.get(key), str):
+        return folder / arts[key]
+    return None

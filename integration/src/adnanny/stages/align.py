@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from adnanny.stage import StageContext, StageResult, Support
+from adnanny.stage import StageContext, StageResult, Support, stage_artifact
 from adnanny_cook.settings import Settings
 
 __all__ = ["AlignStage", "AlignStageConfig", "STAGE", "paired_bootstrap_mean"]
@@ -79,17 +79,6 @@ def paired_bootstrap_mean(before: list[float], after: list[float], *, n_boot: in
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def _artifact(folder: Path, key: str) -> Path | None:
-    mf = folder / "manifest.json"
-    if mf.is_file():
-        try:
-            arts = json.loads(mf.read_text()).get("artifacts") or {}
-        except ValueError:
-            return None
-        if isinstance(arts.get(key), str):
-            return folder / arts[key]
-    return None
-
 
 def _ctr_prompts(world: Path, out: Path) -> Path:
     """`ad_rewrite` inputs from the sample world's catalog (title, description, landing page)."""
@@ -123,9 +112,9 @@ class AlignStage:
         from adnanny_rl import load_config
 
         cook, train = Path(ctx.inputs["cook"]), Path(ctx.inputs["train"])
-        policy = _artifact(train, "model") or train / "model"
-        corpus = _artifact(cook, "corpus") or cook / "corpus"
-        world = _artifact(cook, "world") or cook / "world"
+        policy = stage_artifact(train, "model") or train / "model"
+        corpus = stage_artifact(cook, "corpus") or cook / "corpus"
+        world = stage_artifact(cook, "world") or cook / "world"
         trained = set(json.loads((policy / "adnanny_model.json").read_text()).get("tasks", {}))
         notes: list[str] = []
         tasks: list[dict[str, Any]] = []

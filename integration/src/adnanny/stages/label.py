@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from adnanny.stage import StageContext, StageResult, Support
+from adnanny.stage import StageContext, StageResult, Support, stage_artifact
 from adnanny.stages.quantize import StageInputError, model_dir_of, source_model, task_home
 from adnanny_cook.settings import Settings
 
@@ -110,21 +110,10 @@ def _atomic_parquet(df: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _artifact(folder: Path, key: str) -> Path | None:
-    mf = folder / "manifest.json"
-    if mf.is_file():
-        try:
-            arts = json.loads(mf.read_text()).get("artifacts") or {}
-        except ValueError:
-            return None
-        if isinstance(arts, dict) and isinstance(arts.get(key), str):
-            return folder / arts[key]
-    return None
-
 
 def corpus_dir(cook: Path) -> Path:
     """The corpus folder of a cook stage folder (artifact `corpus`, else `corpus/`, else the first corpus.parquet)."""
-    for c in (_artifact(cook, "corpus"), cook / "corpus", cook / "sample" / "corpus"):
+    for c in (stage_artifact(cook, "corpus"), cook / "corpus", cook / "sample" / "corpus"):
         if c is not None and ((c / "corpus.parquet").is_file() or (c.suffix == ".parquet" and c.is_file())):
             return c
     found = sorted(cook.rglob("corpus.parquet"))
@@ -135,7 +124,7 @@ def corpus_dir(cook: Path) -> Path:
 
 def golden_file(cook: Path, task: str) -> Path | None:
     """The cook stage's golden set of `task` (artifact `golden`, else `golden/<task>.jsonl` anywhere under it)."""
-    for g in (_artifact(cook, "golden"), cook / "golden", cook / "sample" / "golden"):
+    for g in (stage_artifact(cook, "golden"), cook / "golden", cook / "sample" / "golden"):
         if g is not None and (g / f"{task}.jsonl").is_file():
             return g / f"{task}.jsonl"
     found = sorted(cook.rglob(f"golden/{task}.jsonl"))

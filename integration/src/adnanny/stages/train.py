@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from adnanny.stage import StageContext, StageResult, Support
+from adnanny.stage import StageContext, StageResult, Support, stage_artifact
 from adnanny_cook.settings import Settings
 
 __all__ = ["STAGE", "TrainStage", "TrainStageConfig", "recipe"]
@@ -68,7 +68,7 @@ def _sft_config(ctx: StageContext, cfg: TrainStageConfig) -> Any:
     from adnanny_sft import load_config
 
     cook = Path(ctx.inputs["cook"])
-    corpus = _artifact(cook, "corpus") or cook / "corpus"
+    corpus = stage_artifact(cook, "corpus") or cook / "corpus"
     keys = recipe()
     tasks = [load_task(t).name for t in (getattr(ctx.flow, "tasks", None) or [])] or keys.get("tasks", [])
     base = cfg.base_model or keys.get("model", "tiny-deepseek-v3")
@@ -82,25 +82,13 @@ def _sft_config(ctx: StageContext, cfg: TrainStageConfig) -> Any:
         keys["batch_size"] = cfg.batch_size
     if cfg.lr:
         keys["lr"] = cfg.lr
-    tok = cfg.tokenizer or (str(_artifact(cook, "tokenizer") or cook / "world" / "tokenizer")
+    tok = cfg.tokenizer or (str(stage_artifact(cook, "tokenizer") or cook / "world" / "tokenizer")
                             if base.startswith("tiny") else "")
     if tok:
         keys["tokenizer"] = tok
     keys.update(cfg.overrides)
     return load_config(None, keys)
 
-
-def _artifact(folder: Path, key: str) -> Path | None:
-    """An artifact of another stage's folder, by the name its manifest gives it."""
-    mf = folder / "manifest.json"
-    if mf.is_file():
-        try:
-            arts = json.loads(mf.read_text()).get("artifacts") or {}
-        except ValueError:
-            return None
-        if isinstance(arts.get(key), str):
-            return folder / arts[key]
-    return None
 
 
 class TrainStage:
