@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -82,3 +83,26 @@ def test_release_refuses_empty_changelog_and_bad_bumps(repo_copy):
         release.next_version("0.2.0", "0.1.9")
     with pytest.raises(release.ReleaseError, match="`bump` must be"):
         release.next_version("0.2.0", "huge")
+
+
+def test_sync_workspace_sees_a_console_script_the_install_lacks(tmp_path):
+    """The CI failure this tool exists for: a script added to pyproject after the editable install."""
+    import sync_workspace
+
+    integ = next(m for m in sync_workspace.members() if m.name == "adnanny")
+    assert sync_workspace.stale_reason(integ) is None  # `hatch run test` synced before pytest started
+    copy = tmp_path / "integration"
+    copy.mkdir()
+    text = (integ.path / "pyproject.toml").read_text()
+    copy.joinpath("pyproject.toml").write_text(
+        text.replace("[project.scripts]\n", '[project.scripts]\nadnanny-extra = "adnanny.cli:main"\n'))
+    reason = sync_workspace.stale_reason(sync_workspace.Member(integ.name, copy, integ.version, ()))
+    assert reason is not None and "console_scripts:adnanny-extra" in reason
+    bumped = sync_workspace.Member(integ.name, integ.path, "9.9.9", ())
+    assert "pyproject says 9.9.9" in sync_workspace.stale_reason(bumped)
+
+
+def test_sync_workspace_check_passes_on_the_synced_env():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "sync_workspace.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
