@@ -310,6 +310,7 @@ def label_rows(engine: Any, task: Any, rows: list[dict[str, Any]], *, mode: str,
     from adnanny_cook.tasks import ParseError
 
     from adnanny_serve.engines.base import SamplingParams
+    from adnanny_serve.engines.jump_forward import TagSkeleton
     from adnanny_serve.prompting import PromptBuilder, primary_field
     from adnanny_serve.scoring import field_value_probs
 
@@ -322,6 +323,7 @@ def label_rows(engine: Any, task: Any, rows: list[dict[str, Any]], *, mode: str,
         max_tokens=max_tokens, temperature=0.0,
         stop=tuple(task.label_stop) if mode == "label" else (),
         include_stop_str_in_output=True, logprobs=top_logprobs if task.kind == "label" else None,
+        skeleton=TagSkeleton.from_task(task, mode),  # jump-forward over the fixed tags; outputs unchanged
     )
     gens = engine.generate([p for p, _ in rendered], params)
     score_fields = _score_fields(task)

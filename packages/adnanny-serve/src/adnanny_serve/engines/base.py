@@ -32,6 +32,9 @@ class SamplingParams:
     ``include_stop_str_in_output`` (label-only mode keeps the closing tag so the parser sees it).
     ``logprobs``: ``None`` for none, ``k >= 0`` for the sampled token's log-probability plus the
     ``k`` most likely alternatives at every step (the score column reads those).
+    ``skeleton``: the answer's fixed tag text (:class:`~adnanny_serve.engines.jump_forward.TagSkeleton`), a
+    speed hint for greedy decoding — the transformers engine feeds it as a verified draft (jump-forward), so
+    outputs are unchanged; engines without it (vLLM, continuous batching) ignore it.
     """
 
     max_tokens: int = 64
@@ -41,6 +44,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None
     seed: int | None = None
+    skeleton: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a bare string is a common slip: treat it as one stop string

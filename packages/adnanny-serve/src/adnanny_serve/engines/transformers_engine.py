@@ -106,7 +106,7 @@ class TransformersEngine:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8, add_special_tokens: bool = False,
-                 prefix_caching: bool = True, min_prefix_tokens: int = 32):
+                 prefix_caching: bool = True, min_prefix_tokens: int = 32, jump_forward: bool = True):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
         self.model = model.eval()
@@ -117,6 +117,9 @@ class TransformersEngine:
         self.min_prefix_tokens = min_prefix_tokens
         self._prefix_ids: tuple[int, ...] = ()
         self._prefix_cache: Any = None
+        self.jump_forward = jump_forward
+        self.jump_stats: Any = None  # adnanny_serve.engines.jump_forward.JumpStats of the last generate call
+        self._skeletons: dict[Any, Any] = {}
         self.weights_version = 0  # bumped by load_weights: anything cached under an older version is stale
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
@@ -288,11 +291,19 @@ class TransformersEngine:
         cancelled is not started. A batch ends as soon as all its rows are finished or cancelled.
         ``on_tokens(i, token_ids)`` (optional; streaming) is called after every step with prompt ``i``'s completion
         tokens so far (the final :class:`Generation` is still what counts: it is cut at stop strings).
+
+        Greedy requests with ``params.skeleton`` (labeling) decode by jump-forward
+        (:mod:`adnanny_serve.engines.jump_forward`): the answer's fixed tags go through the model as a verified
+        draft, so outputs equal plain greedy decoding in fewer forward passes; ``engine.jump_stats`` counts them
+        (``jump_forward=False`` turns it off).
         """
         if isinstance(prompts, str):
             raise ConfigError("`prompts` must be a list of strings; got a single string. Wrap it in a list.")
         if not prompts:
             return []
+        from adnanny_serve.engines.jump_forward import JumpStats
+
+        self.jump_stats = JumpStats()
         enc = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
         if any(len(x) == 0 for x in enc):
             raise ConfigError("a prompt tokenized to zero tokens; send non-empty prompts.")
@@ -308,7 +319,13 @@ class TransformersEngine:
                 continue
             row_cancelled = None if cancelled is None else (lambda r, idx=idx: bool(cancelled(idx[r])))
             row_tokens = None if on_tokens is None else (lambda r, ids, idx=idx: on_tokens(idx[r], ids))
-            gens = self._generate_batch([enc[i] for i in idx], params, n_prefix, row_cancelled, row_tokens)
+            if params.skeleton is not None and params.temperature == 0 and self.jump_forward:
+                from adnanny_serve.engines.jump_forward import generate_jump_forward
+
+                gens = generate_jump_forward(self, [enc[i] for i in idx], params, n_prefix, row_cancelled,
+                                             row_tokens, stats=self.jump_stats)
+            else:
+                gens = self._generate_batch([enc[i] for i in idx], params, n_prefix, row_cancelled, row_tokens)
             for i, g in zip(idx, gens):
                 out[i] = g
         return out  # type: ignore[return-value]
@@ -328,18 +345,28 @@ class TransformersEngine:
             n = k
         return n if n >= self.min_prefix_tokens else 0
 
+    def normalized_skeleton(self, skeleton: Any) -> Any:
+        """``skeleton`` as this tokenizer decodes it (cached per skeleton)."""
+        got = self._skeletons.get(skeleton)
+        if got is None:
+            got = self._skeletons[skeleton] = skeleton.normalized(self.tokenizer)
+        return got
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # transformers < 4.56 builds it without a config
+            return DynamicCache()
+
     def _prefix_kv(self, prefix: list[int]) -> Any:
         """KV cache of ``prefix`` (batch 1), computed once and reused while the prefix is unchanged."""
         import torch
 
         key = tuple(prefix)
         if key != self._prefix_ids or self._prefix_cache is None:
-            from transformers import DynamicCache
-
-            try:
-                cache = DynamicCache(config=self.model.config)
-            except TypeError:  # transformers < 4.56 builds it without a config
-                cache = DynamicCache()
+            cache = self._new_cache()
             with torch.inference_mode():
                 self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
                            **{cache_kwarg(self.model): cache})
