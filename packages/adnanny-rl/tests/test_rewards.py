@@ -136,3 +136,25 @@ def test_retrieval_per_sample_term_by_hand() -> None:
     assert out.total == pytest.approx([0.5 + 0.5, 0.5, 0.5, 0.5 + 0.5])
     # the batch term alone cannot tell completion 0 from 1 in prompt a1's group; the per-sample term can
     assert "own_gain" not in RetrievalReward(spec, ADS, HELD, k=1)(rows, comps, group_size=2).components
+    # M_base is memoised per query list (frozen catalog): the memo agrees with a fresh computation
+    assert rr.base_metric(["hose reel"]) == rr.metric({}, ["hose reel"]) == 1.0
+    assert rr.base_metric(["marathon sneakers"]) == 0.0
+
+
+def test_retrieval_wrong_product_query_dilutes_its_ad() -> None:
+    """doc2query under BM25, hand-worked with k=1 and ties broken by catalog order: a query about another product
+    adds no matching term but lengthens its ad's document, so the ad falls behind an equally matching competitor
+    (own term −1); a query with the ad's product and a held-out word lifts a trailing ad to rank 1 (own term +1)."""
+    spec, held = get_task("keyword_query"), {"trail shoes sale": ["a1"]}
+    # a1 first: rank 1 before injection; "garden hose" makes a1 longer -> a2 wins -> recall@1 1 -> 0
+    first = RetrievalReward(spec, {"a1": "trail shoes", "a2": "trail shoes", "a3": "garden hose reel"}, held, k=1,
+                            sample_weight=1.0)
+    assert first.base_metric(["trail shoes sale"]) == 1.0
+    out = first([{"ad_id": "a1"}] * 2, [_kq("garden hose"), _kq("shoes sale")], group_size=2)
+    assert out.components["own_gain"] == pytest.approx([-1.0, 0.0])     # a query cannot raise a rank-1 ad
+    # a2 first: a1 trails; "shoes sale" adds the held-out word "sale" -> a1 rank 1 -> 0 -> 1
+    second = RetrievalReward(spec, {"a2": "trail shoes", "a1": "trail shoes", "a3": "garden hose reel"}, held, k=1,
+                             sample_weight=1.0)
+    assert second.base_metric(["trail shoes sale"]) == 0.0
+    out = second([{"ad_id": "a1"}] * 2, [_kq("garden hose"), _kq("shoes sale")], group_size=2)
+    assert out.components["own_gain"] == pytest.approx([0.0, 1.0])

@@ -60,7 +60,7 @@ class RetrievalReward:
         self.transform = transform or RewardTransform()
         self.format_penalty = float(format_penalty)
         self.sample_weight = float(sample_weight)
-        self._base_cache: dict[str, float] = {}
+        self._base_cache: dict[tuple[str, ...], float] = {}
         self._score_one = recall_at_k if metric == "recall" else ndcg_at_k
         self.ad_ids = list(ads)
         self.docs = [ads[a] for a in self.ad_ids]
@@ -109,6 +109,14 @@ class RetrievalReward:
                 for i, (q, row) in enumerate(zip(queries, top, strict=True))]
         return float(np.mean(vals))
 
+    def base_metric(self, queries: Sequence[str]) -> float:
+        """M_base of `queries` (nothing injected), memoised: the catalog and the retriever are frozen, so it never
+        changes during a run — a held-out evaluation scores ~10^3 completions, each against its ad's queries."""
+        key = tuple(queries)
+        if key not in self._base_cache:
+            self._base_cache[key] = self.metric({}, queries)
+        return self._base_cache[key]
+
     def __call__(self, rows: Sequence[Mapping[str, Any]], completions: Sequence[str], *, group_size: int
                  ) -> RewardOutput:
         from adnanny_cook.errors import ParseError
@@ -135,7 +143,7 @@ class RetrievalReward:
                     raise RLConfigError(f"row {i}: `{self.ad_field}`={ad!r} is not in the retriever's catalog")
                 expansions.setdefault(ad, []).extend(generated[i])
             queries = sorted({q for a in expansions for q in self.by_ad.get(a, ())})
-            delta = self.metric(expansions, queries) - self.metric({}, queries)
+            delta = self.metric(expansions, queries) - self.base_metric(queries)
             r = self.transform(delta)
             for i in rows_j:
                 gain[i] = delta
@@ -148,9 +156,7 @@ class RetrievalReward:
                 qs = self.by_ad.get(ad, [])
                 if not qs or not generated[i]:
                     continue
-                if ad not in self._base_cache:                 # the catalog is frozen: M_base per ad is fixed
-                    self._base_cache[ad] = self.metric({}, qs)
-                own[i] = self.metric({ad: generated[i]}, qs) - self._base_cache[ad]
+                own[i] = self.metric({ad: generated[i]}, qs) - self.base_metric(qs)
                 total[i] += self.sample_weight * self.transform(own[i])
             comps["own_gain"] = own
         return RewardOutput(total=total, components=comps)
