@@ -36,6 +36,27 @@ def test_join_and_leave_give_unbatched_greedy_outputs(tiny_engine) -> None:
     assert sched.steps < sum(g.completion_tokens for g in got)  # rows really shared steps
 
 
+def test_joins_prefill_only_what_follows_the_shared_system_prompt(tiny_engine) -> None:
+    system = "<|im_start|>system\n" + "You label query-ad relevance for a search ads system. " * 6 + "<|im_end|>\n"
+    prompts = [system + f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n" for q in PROMPTS]
+    ps = [SamplingParams(max_tokens=m, logprobs=1) for m in (9, 4, 12, 6, 3, 8)]
+    tiny_engine._prefix_ids, tiny_engine._prefix_cache = (), None
+    tiny_engine.prefix_caching = False
+    try:
+        ref = [tiny_engine.generate([p], sp)[0] for p, sp in zip(prompts, ps)]
+    finally:
+        tiny_engine.prefix_caching = True
+    sched = ContinuousScheduler(tiny_engine, max_batch=2)  # joins one or two at a time, mid-run
+    got = sched.generate(prompts, ps)
+    for a, b in zip(ref, got):
+        assert (b.text, b.token_ids, b.finish_reason, b.prompt_tokens) == (a.text, a.token_ids, a.finish_reason,
+                                                                           a.prompt_tokens)
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    shared = len(tiny_engine._prefix_ids)
+    assert shared >= tiny_engine.min_prefix_tokens
+    assert sched.prefilled_tokens == sum(g.prompt_tokens for g in got) - len(prompts) * shared
+
+
 def test_staggered_arrivals_and_seeded_samples_do_not_depend_on_neighbours(tiny_engine) -> None:
     from adnanny_serve.engines.continuous import Sequence
 

@@ -7,6 +7,8 @@ request behind it. Here each decoding step (:meth:`ContinuousScheduler.step`):
 1. *joins* waiting sequences (up to ``max_batch`` running): their prompts are prefilled together (left-padded)
    into a fresh KV cache, which is then merged into the running one — both left-padded to a common length
    along the time axis and concatenated along the batch axis, with the 2-D attention mask marking the pads;
+   the prompts' shared prefix (the task's system prompt) comes from the engine's prefix cache, so only each
+   prompt's own suffix is prefilled;
 2. *samples* one token for every running row from its own last logits with its own parameters (greedy or
    temperature / top-p) and its own ``torch.Generator`` (seeded per sequence, so a seed reproduces a sample
    whatever else shares the batch);
@@ -77,6 +79,7 @@ class ContinuousScheduler:
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token
         self._next: torch.Tensor | None = None  # [B, V] logits of each row's next token
         self.steps = 0
+        self.prefilled_tokens = 0  # prompt tokens prefilled (the shared prefix cached once is not counted)
         self.waiting_cost = 0
 
     # ------------------------------------------------------------------ queue
@@ -158,18 +161,27 @@ class ContinuousScheduler:
                     s.generator.manual_seed(int(s.seed))
                 else:
                     s.generator.seed()
-        width = max(len(s.prompt_ids) for s in new)
+        enc = [list(s.prompt_ids or ()) for s in new]
+        # the prompts' shared prefix (system prompt) comes from the engine's prefix cache: only each prompt's own
+        # suffix is prefilled, laid out prefix | pads | suffix (positions from the mask, as in the static engine)
+        n_prefix = self.engine._shared_prefix_len(enc) if hasattr(self.engine, "prefix_cache_copy") else 0
+        width = max(len(x) for x in enc)
         pad = int(self.tok.pad_token_id)
         ids = torch.full((len(new), width), pad, dtype=torch.long)
         mask = torch.zeros((len(new), width), dtype=torch.long)
-        for r, s in enumerate(new):
-            ids[r, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
-            mask[r, width - len(s.prompt_ids):] = 1
-        cache = self._new_cache()
+        for r, x in enumerate(enc):
+            ids[r, width - len(x) + n_prefix:] = torch.tensor(x[n_prefix:], dtype=torch.long)
+            mask[r, width - len(x) + n_prefix:] = 1
+            if n_prefix:
+                ids[r, :n_prefix] = torch.tensor(x[:n_prefix], dtype=torch.long)
+                mask[r, :n_prefix] = 1
+        cache = self.engine.prefix_cache_copy(enc[0][:n_prefix], len(new)) if n_prefix else self._new_cache()
         dev = self.engine.device
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                         use_cache=True, logits_to_keep=1, **{cache_kwarg(self.model): cache})
+        self.prefilled_tokens += int(mask[:, n_prefix:].sum())
+        out = self.model(input_ids=ids[:, n_prefix:].to(dev), attention_mask=mask.to(dev),
+                         position_ids=pos[:, n_prefix:].to(dev), use_cache=True, logits_to_keep=1,
+                         **{cache_kwarg(self.model): cache})
         logits = out.logits[:, -1].float()  # [k, V]
         if not self.active:
             self._cache, self._mask, self._next = cache, mask, logits

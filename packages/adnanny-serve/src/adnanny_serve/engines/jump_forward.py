@@ -164,8 +164,6 @@ def generate_jump_forward(engine: Any, ids: list[list[int]], params: SamplingPar
     string, raw-logit log-probabilities, ``finish_reason``; ``n_prefix`` tokens shared by every row come from
     the engine's prefix cache.
     """
-    import copy
-
     import torch
 
     from adnanny_serve._compat import cache_kwarg
@@ -194,8 +192,7 @@ def generate_jump_forward(engine: Any, ids: list[list[int]], params: SamplingPar
         inp[j, width - len(f):] = torch.tensor(f, dtype=torch.long)
         new_mask[j, width - len(f):] = 1
     if n_prefix:
-        cache = copy.deepcopy(engine._prefix_kv(ids[0][:n_prefix]))
-        cache.batch_repeat_interleave(len(rows))
+        cache = engine.prefix_cache_copy(ids[0][:n_prefix], len(rows))
         mask = torch.cat([torch.ones((len(rows), n_prefix), dtype=torch.long), new_mask], 1)
     else:
         cache = engine._new_cache()

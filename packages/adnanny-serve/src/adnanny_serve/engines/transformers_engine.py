@@ -336,8 +336,12 @@ class TransformersEngine:
             return 0
         first = enc[0]
         n = min(len(x) for x in enc) - 1
-        if len(enc) == 1:  # a lone prompt reuses the cached prefix if it starts with it
-            n = min(n, len(self._prefix_ids)) if tuple(first[:len(self._prefix_ids)]) == self._prefix_ids else 0
+        if len(enc) == 1:  # a lone prompt reuses as much of the cached prefix as it starts with
+            cached = self._prefix_ids
+            k = 0
+            while k < min(n, len(cached)) and first[k] == cached[k]:
+                k += 1
+            n = k
         for x in enc[1:]:
             k = 0
             while k < n and x[k] == first[k]:
@@ -360,11 +364,28 @@ class TransformersEngine:
         except TypeError:  # transformers < 4.56 builds it without a config
             return DynamicCache()
 
+    def prefix_cache_copy(self, prefix: list[int], batch: int) -> Any:
+        """A fresh KV cache of ``prefix`` for ``batch`` rows (the cached one copied, cut to ``prefix`` when the
+        cached prefix is longer, repeated per row)."""
+        import copy
+
+        cache = copy.deepcopy(self._prefix_kv(prefix))
+        n = len(prefix)
+        for layer in cache.layers:
+            if layer.keys.shape[-2] > n:
+                layer.keys = layer.keys[..., :n, :]
+                layer.values = layer.values[..., :n, :]
+        cache.batch_repeat_interleave(batch)
+        return cache
+
     def _prefix_kv(self, prefix: list[int]) -> Any:
-        """KV cache of ``prefix`` (batch 1), computed once and reused while the prefix is unchanged."""
+        """KV cache of ``prefix`` (batch 1), computed once and reused while the prefix is unchanged (a cached
+        longer prefix that starts with it serves too: :meth:`prefix_cache_copy` cuts it)."""
         import torch
 
         key = tuple(prefix)
+        if self._prefix_cache is not None and self._prefix_ids[:len(key)] == key:
+            return self._prefix_cache
         if key != self._prefix_ids or self._prefix_cache is None:
             cache = self._new_cache()
             with torch.inference_mode():
@@ -375,8 +396,6 @@ class TransformersEngine:
 
     def _generate_batch(self, ids: list[list[int]], params: SamplingParams, n_prefix: int = 0,
                         cancelled: Any = None, on_tokens: Any = None) -> list[Generation]:
-        import copy
-
         import torch
 
         dev = self.device
@@ -393,9 +412,7 @@ class TransformersEngine:
         crit = _stop_criteria_class()(self.tokenizer, width, params.stop, self.eos_ids, cancelled, on_tokens)
         extra: dict[str, Any] = {}
         if n_prefix:
-            cache = copy.deepcopy(self._prefix_kv(ids[0][:n_prefix]))
-            cache.batch_repeat_interleave(len(ids))
-            extra[cache_kwarg(self.model)] = cache
+            extra[cache_kwarg(self.model)] = self.prefix_cache_copy(ids[0][:n_prefix], len(ids))
         kwargs: dict[str, Any] = dict(**extra,
             input_ids=input_ids.to(dev), attention_mask=attn.to(dev), max_new_tokens=params.max_tokens,
             stopping_criteria=[crit], pad_token_id=pad, return_dict_in_generate=True,
