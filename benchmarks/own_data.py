@@ -89,7 +89,7 @@ class WalkConfig:
     prompted_model: str = "smollm2"
     prompted_dtype: str = "bfloat16"
     tokenizer_vocab: int = 8192
-    lowercase_tokenizer: bool = False
+    lowercase_tokenizer: bool = True
     sample_sizes: dict[str, int] = field(default_factory=dict)
     sft_args: list[str] = field(default_factory=list)
     timeout_s: float = 2400.0
@@ -234,7 +234,7 @@ def lora_top_modules(model: str, n_layers: int) -> list[str]:
            [f"layers.{i}.mlp.{m}" for i in layers for m in mlp]
 
 
-def train_user_tokenizer(corpus: Path, out: Path, *, vocab_size: int = 8192, lowercase: bool = False) -> Path:
+def train_user_tokenizer(corpus: Path, out: Path, *, vocab_size: int = 8192, lowercase: bool = True) -> Path:
     """A word-level tokenizer for a from-scratch tiny model, fitted on the user's corpus (prompts + targets,
     every split: the inputs' words, not their labels, are what it learns; test rows are never read).
 
@@ -243,12 +243,8 @@ def train_user_tokenizer(corpus: Path, out: Path, *, vocab_size: int = 8192, low
     is one id wherever it appears, what lets the model match history against item) and the task tags as atomic
     tokens.
 
-    ``lowercase``: the tokenizer lowercases its input (a ``Lowercase`` normalizer; the task tags and ChatML
-    markers are added tokens matched before normalisation, so they stay atomic; label values parse
-    case-insensitively). WHY: a from-scratch model has no notion that "Golf Clubs" in a title and "golf clubs"
-    in a query are the same words; with short titles and no descriptions that case split hides most overlap.
+    ``lowercase``: passed to cook's trainer (its default; see its docstring for why a from-scratch model needs it).
     """
-    from adnanny_cook.corpus import atomic_write_bytes
     from adnanny_cook.sample.tokenizer import train_tokenizer
     from adnanny_cook.tasks import render_chat
 
@@ -256,14 +252,7 @@ def train_user_tokenizer(corpus: Path, out: Path, *, vocab_size: int = 8192, low
     for r in _corpus_rows(corpus):
         msgs = json.loads(r["messages"]) if isinstance(r["messages"], str) else list(r["messages"])
         texts.append(render_chat([*msgs, {"role": "assistant", "content": r["target"]}]))
-    if lowercase:
-        texts = [t.lower() for t in texts]
-    out = train_tokenizer(texts, out, vocab_size=vocab_size)
-    if lowercase:
-        tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-        tj["normalizer"] = {"type": "Lowercase"}
-        atomic_write_bytes(out / "tokenizer.json", json.dumps(tj, ensure_ascii=False).encode())
-    return out
+    return train_tokenizer(texts, out, vocab_size=vocab_size, lowercase=lowercase)
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -747,8 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="fine-tuned model: smollm2 (LoRA/full) or tiny-deepseek-v3")
     ap.add_argument("--prompted-model", default=None, help="the prompted base model (default smollm2)")
     ap.add_argument("--warmup-steps", type=int, default=None)
-    ap.add_argument("--lowercase-tokenizer", action="store_true",
-                    help="tiny model: the user-corpus tokenizer lowercases (see train_user_tokenizer)")
+    ap.add_argument("--cased-tokenizer", action="store_true",
+                    help="tiny model: the user-corpus tokenizer keeps case (default: it lowercases)")
     ap.add_argument("--sample-sizes", default="", help="JSON sizes of the sample world of dataset (a)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other datasets' results already in the results JSON (rerun one dataset)")
@@ -764,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.lora = a.lora == "true"
     cfg.sft_args = a.sft_args.split()
     cfg.skip_models = a.skip_models
-    cfg.lowercase_tokenizer = a.lowercase_tokenizer
+    cfg.lowercase_tokenizer = not a.cased_tokenizer
     cfg.sample_sizes = json.loads(a.sample_sizes) if a.sample_sizes else {}
     out = a.out or (HERE / "results" / ("own_data_pilot.json" if a.pilot else "own_data.json"))
     if a.summarize_only:

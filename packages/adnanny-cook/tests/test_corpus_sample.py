@@ -157,6 +157,13 @@ def test_sample_is_deterministic(tmp_path: Path, sample_dir: Path) -> None:
     assert other["seed"] == 1
 
 
+def _lower_outside_tags(text: str) -> str:
+    """What the lowercasing sample tokenizer decodes ``text`` to: tags are added tokens, kept as written."""
+    import re
+
+    return re.sub(r"(<[^<>]+>)|([^<]+)", lambda m: m.group(1) or m.group(2).lower(), text)
+
+
 def test_tokenizer_loads_with_chat_template_and_atomic_tags(sample_dir: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -167,20 +174,22 @@ def test_tokenizer_loads_with_chat_template_and_atomic_tags(sample_dir: Path) ->
     ids = tok("Query: cheap personal loan\nAd description: Shop our cheap personal loan today.")["input_ids"]
     words = tok.convert_ids_to_tokens(ids)
     assert words.count("Ġpersonal") == 2 and words.count("Ġloan") == 2 and words.count("Ġcheap") == 2
+    # ... in any case: a Title Case ad title and a lower-case query share their ids (the Lowercase normalizer)
+    assert tok("Ad title: Air Fryer Pro")["input_ids"][-3:-1] == tok("Query: air fryer")["input_ids"][-2:]
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
     text = "<think>\nThe user wants a cheap hotel.\n</think>\n<Label>Fair</Label>"
     ids = tok(text)["input_ids"]
     toks = tok.convert_ids_to_tokens(ids)
     for tag in ("<think>", "</think>", "<Label>", "</Label>"):
         assert toks.count(tag) == 1
-    assert tok.decode(ids, skip_special_tokens=True) == text   # tags survive decoding
+    assert tok.decode(ids, skip_special_tokens=True) == _lower_outside_tags(text)  # tags survive decoding, cased
     df = read_corpus(sample_dir / "corpus")
     r = df.row(0, named=True)
     msgs = [*r["messages"], {"role": "assistant", "content": r["target"]}]
     out = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     mask = out["assistant_masks"]
     masked = [i for i, m in zip(out["input_ids"], mask, strict=True) if m]
-    assert tok.decode(masked) == r["target"] + "<|im_end|>"
+    assert tok.decode(masked) == _lower_outside_tags(r["target"]) + "<|im_end|>"
     prompt = tok.apply_chat_template(list(r["messages"]), tokenize=False, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
 
