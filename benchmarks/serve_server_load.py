@@ -60,10 +60,11 @@ def post(url: str, body: dict, timeout: float) -> tuple[int, float, str | None]:
         return -1, time.perf_counter() - t0, type(e).__name__
 
 
-def start_server(model: Path, port: int, batch_size: int, max_queue: int, batching: str) -> subprocess.Popen:
+def start_server(model: Path, port: int, batch_size: int, max_queue: int, batching: str,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "adnanny_serve.cli", "serve", "--model", str(model), "--port", str(port),
            "--batch-size", str(batch_size), "--max-queue", str(max_queue), "--served-model-name", "tiny",
-           "--max-tokens", "1024", "--batching", batching]
+           "--max-tokens", "1024", "--batching", batching, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -95,7 +96,7 @@ def build_requests(model: Path, n: int, reasoning_tokens: int) -> list[dict]:
             body.update(max_tokens=32, stop=list(task.label_stop))
         else:
             body.update(max_tokens=reasoning_tokens)
-        if i % 2:
+        if (i + i // 4) % 2:  # half of each mode sampled (i % 2 alone made every reasoning request sampled)
             body.update(temperature=0.7, seed=1000 + i)
         else:
             body.update(temperature=0)
@@ -104,8 +105,8 @@ def build_requests(model: Path, n: int, reasoning_tokens: int) -> list[dict]:
 
 
 def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, conc: int, max_seconds: float,
-          requests: list[dict], batching: str) -> dict:
-    proc = start_server(model, port, batch_size, max_queue, batching)
+          requests: list[dict], batching: str, extra: tuple[str, ...] = ()) -> dict:
+    proc = start_server(model, port, batch_size, max_queue, batching, extra)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         results = []
@@ -134,7 +135,10 @@ def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, co
     counts = {str(c): codes.count(c) for c in sorted(set(codes))}
     q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
     retry_after = sorted({ra for c, _, ra in results if c in (429, 503) and ra})
-    return {"phase": name, "batching": batching, "by_mode": by_mode, "batch_size": batch_size, "max_queue": max_queue, "requests": n, "concurrency": conc,
+    slowest = sorted(range(n), key=lambda i: -results[i][1])[:5]
+    return {"phase": name, "batching": batching, "server_flags": list(extra), "by_mode": by_mode,
+            "slowest": [{"request": i, "mode": requests[i]["mode"], "sampled": "seed" in requests[i]["body"],
+                         "latency_s": results[i][1], "status": results[i][0]} for i in slowest], "batch_size": batch_size, "max_queue": max_queue, "requests": n, "concurrency": conc,
             "wall_seconds": wall, "rps_ok": len(ok) / wall, "p50_s": q[49], "p99_s": q[98],
             "status_counts": counts, "n_5xx": sum(1 for c in codes if 500 <= c < 600),
             "n_unanswered": codes.count(-1), "n_refused": sum(1 for c in codes if c in (429, 503)),
@@ -149,6 +153,8 @@ def main() -> None:
     ap.add_argument("--reasoning-tokens", type=int, default=256)
     ap.add_argument("--fixture-dir", type=Path, help="an exported fixture model dir (default: fine_tuned_fixture())")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_server_load.json")
+    ap.add_argument("--phases", default="unbatched,static,continuous,overload",
+                    help="comma list of unbatched, static, continuous, continuous_no_prefix_cache, overload")
     args = ap.parse_args()
 
     from adnanny_sft.testing import fine_tuned_fixture
@@ -164,26 +170,41 @@ def main() -> None:
         quantize_checkpoint(model, fp8)
         port = free_port()
         c, mx = args.concurrency, args.max_seconds
-        phases = [
-            phase("unbatched", fp8, port, 1, 256, c, mx, requests, "static"),
-            phase("static", fp8, port, 8, 256, c, mx, requests, "static"),
-            phase("continuous", fp8, port, 8, 256, c, mx, requests, "continuous"),
-            phase("overload", fp8, port, 8, 4, 4 * c, mx, requests, "continuous"),
-        ]
+        specs = {
+            "unbatched": (1, 256, c, "static", ()),
+            "static": (8, 256, c, "static", ()),
+            "continuous": (8, 256, c, "continuous", ()),
+            # the continuous batcher as it was before its joins used the prefix cache (every prompt prefilled whole)
+            "continuous_no_prefix_cache": (8, 256, c, "continuous", ("--no-prefix-caching",)),
+            "overload": (8, 4, 4 * c, "continuous", ()),
+        }
+        wanted = [x for x in args.phases.split(",") if x]
+        unknown = [x for x in wanted if x not in specs]
+        if unknown:
+            raise SystemExit(f"--phases: unknown {unknown}; choose from {list(specs)}")
+        phases = [phase(name, fp8, port, b, q, cc, mx, requests, batching, extra)
+                  for name, (b, q, cc, batching, extra) in ((k, specs[k]) for k in wanted)]
     print(f"{'phase':10s} {'batch':>5s} {'queue':>5s} {'conc':>4s} {'rps':>7s} {'p50 s':>7s} {'p99 s':>7s} "
           f"{'5xx':>4s} {'refused':>7s} {'unanswered':>10s}")
     for p in phases:
         print(f"{p['phase']:10s} {p['batch_size']:5d} {p['max_queue']:5d} {p['concurrency']:4d} {p['rps_ok']:7.2f} "
               f"{p['p50_s']:7.3f} {p['p99_s']:7.3f} {p['n_5xx']:4d} {p['n_refused']:7d} {p['n_unanswered']:10d}")
-    speed = phases[1]["rps_ok"] / phases[0]["rps_ok"] if phases[0]["rps_ok"] else float("nan")
-    cont = phases[2]["rps_ok"] / phases[1]["rps_ok"] if phases[1]["rps_ok"] else float("nan")
-    print(f"static vs unbatched: {speed:.2f}x requests/s; continuous vs static: {cont:.2f}x requests/s, p99 "
-          f"{phases[2]['p99_s']:.2f} vs {phases[1]['p99_s']:.2f} s")
+    by = {p["phase"]: p for p in phases}
+
+    def ratio(a: str, b: str) -> float:
+        return by[a]["rps_ok"] / by[b]["rps_ok"] if a in by and b in by and by[b]["rps_ok"] else float("nan")
+
+    speed, cont = ratio("static", "unbatched"), ratio("continuous", "static")
+    if "continuous" in by and "static" in by:
+        print(f"static vs unbatched: {speed:.2f}x requests/s; continuous vs static: {cont:.2f}x requests/s, p99 "
+              f"{by['continuous']['p99_s']:.2f} vs {by['static']['p99_s']:.2f} s")
     out = {"benchmark": "serve_server_load",
            "model": f"adnanny-sft fine-tuned fixture {model.parent.name} (tiny DeepSeek-V3, hidden 64), FP8 export",
            "load": "3/4 label-only (stop at closing tag, 32 tokens), 1/4 label+reasoning "
                    f"({args.reasoning_tokens} tokens); half greedy, half temperature 0.7 with per-request seeds",
            "phases": phases, "static_vs_unbatched_rps": speed, "continuous_vs_static_rps": cont,
+           "continuous_vs_static_p99": (by["continuous"]["p99_s"] / by["static"]["p99_s"]
+                                        if "continuous" in by and "static" in by else None),
            "goal": "continuous >= 1.5x static throughput at a lower p99; zero 5xx under overload",
            "all_answered_or_refused": all(p["n_unanswered"] == 0 and p["n_5xx"] == 0 for p in phases),
            "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}

@@ -92,7 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     c = load_serve_config(args.config, cli=args.settings_source(parsed_args=args))
     model_dir = _resolve_model(c.model)
     engine = TransformersEngine.from_pretrained(model_dir, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                                                allow_pickle=c.allow_pickle, fp8_weights=c.fp8_weights)
+                                                allow_pickle=c.allow_pickle, fp8_weights=c.fp8_weights,
+                                                prefix_caching=c.prefix_caching)
     # a built-in name is served under that name ("smollm2"), a directory under its basename
     name = c.served_model_name or (Path(c.model).name if Path(c.model).is_dir() else c.model)
     key = c.api_key or os.environ.get("ADNANNY_SERVE_API_KEY")

@@ -196,6 +196,8 @@ class ServeConfig(_ServeSettings):
         "leave the running batch at every decoding step (mixed parameters and seeds).")
     allow_pickle: bool = Field(False, description="Load pickle weights (pytorch_model.bin) if the folder has no "
                                "safetensors (trusted models only).")
+    prefix_caching: bool = Field(True, description="Compute the KV of the prompts' shared prefix (system prompt) "
+                                 "once and prefill only each prompt's own suffix (`--no-prefix-caching`: off).")
 
 
 def load_label_config(path: str | Path | None = None, *, cli: Any = None,

@@ -223,12 +223,23 @@ class ContinuousScheduler:
         idx = torch.tensor(keep, dtype=torch.long)
         self._mask = self._mask[idx]
         self._next = self._next[idx]
-        first = int(self._mask.any(0).long().argmax())  # first column some row still attends to
+        alive = self._mask.any(0)  # columns some remaining row still attends to
+        first = int(alive.long().argmax())
         dev_idx = idx.to(self.engine.device)
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, dev_idx)[:, :, first:]
             layer.values = layer.values.index_select(0, dev_idx)[:, :, first:]
-        self._mask = self._mask[:, first:]
+        self._mask, alive = self._mask[:, first:], alive[first:]
+        # Columns no row attends to inside the cache (the pads between a shared prefix and a prompt's suffix of
+        # rows that left) would otherwise stay for good and every step would expand them again: drop them once
+        # they are an eighth of the cache. Positions are counts of a row's real tokens, so they do not move.
+        dead = int((~alive).sum())
+        if dead and dead * 8 >= alive.numel():
+            cols = alive.nonzero().squeeze(1).to(self.engine.device)
+            for layer in self._cache.layers:
+                layer.keys = layer.keys.index_select(2, cols)
+                layer.values = layer.values.index_select(2, cols)
+            self._mask = self._mask[:, alive]
 
     def _decode(self) -> None:
         import torch
