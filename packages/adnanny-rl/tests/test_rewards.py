@@ -158,3 +158,27 @@ def test_retrieval_wrong_product_query_dilutes_its_ad() -> None:
     assert second.base_metric(["trail shoes sale"]) == 0.0
     out = second([{"ad_id": "a1"}] * 2, [_kq("garden hose"), _kq("shoes sale")], group_size=2)
     assert out.components["own_gain"] == pytest.approx([0.0, 1.0])
+
+
+def test_expandable_bm25_equals_a_fresh_bm25_index() -> None:
+    """The reward's incremental BM25 is adnanny-eval's `BM25Index` over the expanded documents, number for number
+    (lengths, average length, df and idf of injected terms, repeated terms, a term only an expansion brings)."""
+    import random
+
+    import numpy as np
+
+    from adnanny_eval.lexical import BM25Index
+    from adnanny_rl.rewards.retrieval import _ExpandableBM25
+
+    rng = random.Random(0)
+    words = "trail running shoes hotel city rooms garden hose reel sale cheap best near me budget".split()
+    docs = [" ".join(rng.choices(words, k=rng.randint(2, 9))) for _ in range(40)]
+    queries = [" ".join(rng.choices([*words, "zzz", "Sale!"], k=rng.randint(1, 5))) for _ in range(12)]
+    bm = _ExpandableBM25(docs)
+    for trial in range(20):
+        exp = {j: [" ".join(rng.choices([*words, "newterm"], k=rng.randint(1, 6)))
+                   for _ in range(rng.randint(1, 3))] for j in rng.sample(range(40), rng.randint(0, 5))}
+        ref = BM25Index([d + "".join(" " + q for q in exp.get(j, ())) for j, d in enumerate(docs)]).scores(queries)
+        np.testing.assert_allclose(bm.scores(exp, queries), ref, rtol=1e-12, atol=1e-12, err_msg=f"trial {trial}")
+    assert bm.scores({}, ["newterm"]).tolist() == [[0.0] * 40]            # not in the base catalog
+    assert bm.scores({3: ["newterm"]}, ["newterm"])[0, 3] > 0
