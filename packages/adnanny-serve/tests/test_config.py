@@ -91,6 +91,7 @@ def test_serve_flags_and_errors(tmp_path, capsys) -> None:
         (8123, 4, 9, 2.0, 100, 50)
     assert (c.max_queue_tokens, c.batching, c.served_model_name, c.api_key, c.allow_pickle, c.host) == \
         (1000, "continuous", "x", "k", True, "0.0.0.0")
+    assert c.prefix_caching is True and _serve(["--model", "m", "--no-prefix-caching"]).prefix_caching is False
     f = tmp_path / "serve.toml"
     f.write_text('model = "m"\nport = "eighty"\nbatchng = "continuous"\n')
     assert cli.main(["serve", "--config", str(f)]) == 2
