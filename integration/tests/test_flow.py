@@ -186,3 +186,18 @@ def test_sigkill_mid_stage_then_resume_gives_the_same_outputs(tmp_path: Path) ->
     assert p.communicate(timeout=120) and p.returncode == 0
     for name in ("cook", "train", "label"):
         assert read_manifest(run / name).outputs_hash == read_manifest(clean / name).outputs_hash, name
+
+
+def test_deterministic_torch_is_scoped_to_the_flow() -> None:
+    """The flow turns torch's deterministic algorithms on while stages run and restores the caller's setting."""
+    import torch
+
+    from adnanny.flow import deterministic_torch
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch(False):
+        assert not torch.are_deterministic_algorithms_enabled()

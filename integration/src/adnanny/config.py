@@ -87,6 +87,8 @@ class FlowBase(Settings):
 
     run_dir: str = Field("adnanny-run", description="the run directory: one folder per stage, manifests, report")
     seed: int = Field(0, description="the flow's seed (each stage derives its own from it)")
+    deterministic: bool = Field(True, description="torch's deterministic algorithms while the stages run: the "
+                                                  "same seed and inputs give the same models and labels")
     tasks: CommaList = Field(default_factory=lambda: ["query_ad"],
                              description="built-in task names or paths to your own task TOML files")
     data: dict[str, InputData] = Field(default_factory=dict,
