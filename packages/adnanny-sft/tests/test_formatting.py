@@ -10,6 +10,17 @@ from adnanny_sft.errors import ConfigError, DataError
 from adnanny_sft.formatting import collate, format_example, format_rows, pad_token_id, prompt_ids
 
 
+def _decoded(tokenizer, text: str) -> str:
+    """``text`` as the tokenizer gives it back: its normalizer (the sample tokenizer lowercases) applied to
+    everything but the tags, which are added tokens and keep their case."""
+    import re
+
+    norm = tokenizer.backend_tokenizer.normalizer
+    if norm is None:
+        return text
+    return re.sub(r"(<[^<>]+>)|([^<]+)", lambda m: m.group(1) or norm.normalize_str(m.group(2)), text)
+
+
 def _row(corpus_rows: list[dict], task: str, mode: str) -> dict:
     return next(r for r in corpus_rows if r["task"] == task and r["mode"] == mode)
 
@@ -21,7 +32,7 @@ def test_mask_is_exactly_target_plus_end_of_turn(tokenizer, corpus_rows, mode: s
     ids = list(ex.input_ids)
     first = ex.loss_mask.index(1.0)
     assert all(m == 1.0 for m in ex.loss_mask[first:])  # the target is one contiguous run to the end
-    assert tokenizer.decode(ids[first:]) == row["target"] + "<|im_end|>"
+    assert tokenizer.decode(ids[first:]) == _decoded(tokenizer, row["target"]) + "<|im_end|>"
     assert ids[:first] == prompt_ids(tokenizer, row["messages"])  # what inference feeds the model
     assert ex.num_target_tokens == len(ids) - first
     if mode == "label":
@@ -37,11 +48,11 @@ def test_truncation_cuts_the_input_end_and_keeps_instructions_and_tags(tokenizer
     ex = format_example(tokenizer, "r", "query_ad", msgs, row["target"], max_seq_len=limit)
     assert len(ex) == limit and ex.input_tokens_cut == 150
     text = tokenizer.decode(list(ex.input_ids))
-    assert text.endswith(row["target"] + "<|im_end|>")
-    assert msgs[0]["content"] in text  # the whole system prompt (output-format instruction) survives
-    assert "Query:" in text and "filler" in text
+    assert text.endswith(_decoded(tokenizer, row["target"]) + "<|im_end|>")
+    assert _decoded(tokenizer, msgs[0]["content"]) in text  # the whole system prompt (output format) survives
+    assert _decoded(tokenizer, "Query:") in text and "filler" in text
     first = ex.loss_mask.index(1.0)
-    assert tokenizer.decode(list(ex.input_ids[first:])) == row["target"] + "<|im_end|>"
+    assert tokenizer.decode(list(ex.input_ids[first:])) == _decoded(tokenizer, row["target"]) + "<|im_end|>"
 
 
 def test_rows_whose_target_cannot_fit_are_dropped_and_counted(tokenizer, corpus_rows) -> None:
@@ -110,7 +121,7 @@ def test_input_loss_weight_marks_only_the_user_input(tokenizer) -> None:
                               input_loss_weight=0.3)
     assert plain.input_ids == weighted.input_ids and plain.num_target_tokens == weighted.num_target_tokens
     marked = "".join(tokenizer.decode([t]) for t, m in zip(weighted.input_ids, weighted.loss_mask) if m == 0.3)
-    assert marked == "Query: red wine"
+    assert marked == _decoded(tokenizer, "Query: red wine")
     sys_ids = tokenizer("You label things.", add_special_tokens=False)["input_ids"]
     assert all(m == 0.0 for m in weighted.loss_mask[: len(sys_ids) + 2])
     import pytest
