@@ -84,6 +84,7 @@ class WalkConfig:
     n_test: int = 110
     max_dev: int = 1600
     history_len: int = 5
+    items_per_user: int = 4
     eval_fraction: float = 0.15
     dtype: str = "bfloat16"
     prompted_model: str = "smollm2"
@@ -725,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--max-dev", type=int, default=None)
     ap.add_argument("--few-shot", type=int, default=None)
+    ap.add_argument("--items-per-user", type=int, default=None,
+                    help="movielens: later-rated movies sampled per user (rows; default 4)")
     ap.add_argument("--lora-top-layers", type=int, default=None, help="LoRA on the top N layers (0: all-linear)")
     ap.add_argument("--calibration-rows", type=int, default=None)
     ap.add_argument("--max-input-tokens", type=int, default=None)
@@ -745,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     cfg = WalkConfig.pilot(a.work) if a.pilot else WalkConfig(work=a.work)
     for key in ("max_steps", "batch_size", "lr", "n_test", "max_dev", "few_shot", "max_input_tokens", "threads", "dtype",
-                "lora_top_layers", "calibration_rows", "model", "prompted_model", "warmup_steps"):
+                "lora_top_layers", "calibration_rows", "model", "prompted_model", "warmup_steps", "items_per_user"):
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)
@@ -790,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       sizes=cfg.sample_sizes or None)
         else:
             ds = movielens_dataset(cfg.work, seed=cfg.seed, max_test=cfg.n_test, max_dev=cfg.max_dev,
-                                   history_len=cfg.history_len)
+                                   history_len=cfg.history_len, items_per_user=cfg.items_per_user)
         try:
             record["datasets"][name] = walk(ds, cfg, out_root=cfg.work / "runs")
         except Exception as e:  # record the failure, keep the other dataset's walk

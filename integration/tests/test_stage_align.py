@@ -63,7 +63,11 @@ def test_aligned_model_loads_and_lineage(aligned) -> None:
     # label reads the task definitions and the calibrated threshold from the aligned model itself
     model = ctx.out / res.artifacts["model"]
     assert (model / "tasks").is_dir() and (model / "adnanny_model.json").is_file()
-    assert any("keeps the SFT model's calibrated threshold" in n for n in res.notes)
+    # ... with the threshold refitted by adnanny-rl on the held-out split (RL moved the scores it was fitted on)
+    assert any("threshold refitted after RL" in n for n in res.notes)
+    entry = json.loads((model / "adnanny_model.json").read_text())["tasks"]["query_ad"]
+    assert entry["calibrated_by"] == "adnanny-rl"
+    assert entry["threshold"] == res.metrics["calibration"]["query_ad"]["threshold"]
 
 
 def test_paired_bootstrap_interval() -> None:

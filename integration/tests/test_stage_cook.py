@@ -121,6 +121,18 @@ def test_gate_passes_then_teacher_rationales_join_the_label_rows(cooked) -> None
     # golden rows are held out of the corpus; the artifacts other stages read exist
     golden = {json.loads(x)["id"] for x in (ctx.out / "golden" / "query_ad.jsonl").read_text().splitlines()}
     assert len(golden) == 240 and not golden & set(split)
+    # the test set: a random 240 of the clean non-golden rows, out of the corpus, in the data's class mix (the
+    # golden set is stratified: a third `bad`)
+    test = [json.loads(x) for x in (ctx.out / "test" / "query_ad.jsonl").read_text().splitlines()]
+    ids = {t["id"] for t in test}
+    assert len(ids) == 240 and not ids & set(split) and not ids & golden
+    world = pl.read_parquet(ctx.out / "world" / "query_ad.parquet").filter(~pl.col("noisy"))
+    world_dr = float((world["label"] == "bad").mean())
+    test_dr = sum(t["labels"]["label"] == "bad" for t in test) / len(test)
+    golden_dr = sum(json.loads(x)["labels"]["label"] == "bad"
+                    for x in (ctx.out / "golden" / "query_ad.jsonl").read_text().splitlines()) / 240
+    assert abs(test_dr - world_dr) < 0.08 and abs(golden_dr - 1 / 3) < 0.01, (test_dr, world_dr, golden_dr)
+    assert "never in the training corpus" in STAGE.trace(ctx.out, test[0]["id"])["note"]
     assert all((ctx.out / p).exists() for p in res.artifacts.values())
     assert res.metrics["teacher"]["model"] == "teacher" and res.metrics["teacher"]["endpoint"] == teacher.base_url
     assert any("gate passed" in n for n in res.notes)
@@ -178,7 +190,9 @@ def test_users_own_file_without_teacher(tmp_path: Path) -> None:
     ctx, res = _run(tmp_path, flow, teacher="none", golden_examples=2)
     f = res.metrics["funnel"]["esci_relevance"]
     held = (ctx.out / "golden" / "esci_relevance.jsonl").read_text().splitlines()
-    assert f["requested"] == 0 and f["inputs"] + len(held) == 60 and f["label_only"] == f["inputs"]
+    test = (ctx.out / "test" / "esci_relevance.jsonl").read_text().splitlines()
+    assert len(test) == (60 - len(held)) // 5                   # at most a fifth of what the golden set leaves
+    assert f["requested"] == 0 and f["inputs"] + len(held) + len(test) == 60 and f["label_only"] == f["inputs"]
     df = pl.read_parquet(ctx.out / "corpus" / "corpus.parquet")
     assert set(df["mode"]) == {"label"} and {json.loads(x)["label"] for x in df["labels"]} <= {"good", "fair", "bad"}
     assert "no teacher" in res.notes[0]

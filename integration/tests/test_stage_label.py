@@ -175,3 +175,33 @@ def test_prompted_baseline_is_smollm2_few_shot(model: Path, tmp_path: Path) -> N
     man = json.loads((tmp_path / "label" / "predictions" / "query_ad.prompted.parquet.manifest.json").read_text())
     assert man["few_shot"]["k"] == 2 and "smollm2" in man["model_dir"].lower()
     assert res.metrics["tables"]["query_ad"]["bad"]["prompted"]["n"] == 8
+
+
+def test_heldout_prefers_the_test_set_then_golden_then_eval(tmp_path: Path) -> None:
+    """`heldout = "auto"`: the cook stage's random test set when it has `min_golden` rows, else its golden set;
+    `"golden"` / `"test"` pick one by name and name the missing one."""
+    from adnanny_cook.tasks import load_task
+
+    spec = load_task("query_ad")
+    cook = tmp_path / "cook"
+
+    def write(kind: str, n: int) -> None:
+        rows = [{"id": f"{kind}{i}", "task": "query_ad",
+                 "input": {"query": "q", "ad_title": "t", "ad_description": "", "ad_url": "u"},
+                 "labels": {"label": "bad", "location_label": "good", "quality_label": "good"}} for i in range(n)]
+        (cook / kind).mkdir(parents=True, exist_ok=True)
+        (cook / kind / "query_ad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("golden", 30)
+    write("test", 25)
+    cfg = _cfg(Path("m"), min_golden=20, max_rows=100)
+    df, source = label_mod.heldout_frame(cook, spec, cfg)
+    assert "test set" in source and set(df["id"].str.slice(0, 4)) == {"test"} and df.height == 25
+    df, source = label_mod.heldout_frame(cook, spec, _cfg(Path("m"), heldout="golden", max_rows=100))
+    assert "golden set" in source and df.height == 30
+    write("test", 5)                                   # too few: auto falls back to the golden set
+    df, source = label_mod.heldout_frame(cook, spec, cfg)
+    assert "golden set" in source and df.height == 30
+    (cook / "test" / "query_ad.jsonl").unlink()
+    with pytest.raises(StageInputError, match="no test set for `query_ad`"):
+        label_mod.heldout_frame(cook, spec, _cfg(Path("m"), heldout="test"))

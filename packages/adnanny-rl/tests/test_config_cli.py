@@ -45,6 +45,8 @@ def test_cross_field_rules(tmp_path: Path) -> None:
         load_config(_toml(tmp_path, "group_size = 1\n" + BASE))
     with pytest.raises(RLConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(RLConfigError, match=r"`tasks.0.class_balance`: only a `labels` reward"):
+        load_config(_toml(tmp_path, BASE + 'reward = "retrieval"\nclass_balance = true\n'))
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,6 +134,14 @@ def test_retrieval_per_sample_term_by_hand() -> None:
     # own ad alone: completions 0 and 3 lift their own ad's query from miss to hit (+1), 1 and 2 do nothing.
     assert out.components["own_gain"] == pytest.approx([1.0, 0.0, 0.0, 1.0])
     assert out.total == pytest.approx([0.5 + 0.5, 0.5, 0.5, 0.5 + 0.5])
+    # batch_weight 0: the per-sample term alone (no batch gain computed), the format penalty still applies
+    own_only = RetrievalReward(spec, ADS, HELD, k=1, sample_weight=0.5, batch_weight=0.0)(rows, comps, group_size=2)
+    assert own_only.total == pytest.approx([0.5, 0.0, 0.0, 0.5])
+    assert own_only.components["metric_gain"] == [0.0] * 4
+    half = RetrievalReward(spec, ADS, HELD, k=1, sample_weight=0.5, batch_weight=0.5)(rows, comps, group_size=2)
+    assert half.total == pytest.approx([0.25 + 0.5, 0.25, 0.25, 0.25 + 0.5])
+    with pytest.raises(RLConfigError, match="one > 0"):
+        RetrievalReward(spec, ADS, HELD, k=1, batch_weight=0.0)
     # the batch term alone cannot tell completion 0 from 1 in prompt a1's group; the per-sample term can
     assert "own_gain" not in RetrievalReward(spec, ADS, HELD, k=1)(rows, comps, group_size=2).components
     # M_base is memoised per query list (frozen catalog): the memo agrees with a fresh computation

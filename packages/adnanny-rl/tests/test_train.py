@@ -47,6 +47,59 @@ def test_rollouts_rewards_and_logs(policy: Path, tmp_path: Path) -> None:
     assert any(r["zero_advantage_share"] < 1.0 for r in recs) and any(r["grad_norm"] > 0 for r in recs)
     assert (Path(summary["model"]) / "config.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+    _assert_recalibrated(policy, Path(summary["model"]), summary)
+
+
+def _assert_recalibrated(policy: Path, model_dir: Path, summary: dict) -> None:
+    """The aligned model ships the policy's task definitions and a threshold refitted on its own held-out scores
+    (not the SFT model's copied one): recomputed here from the exported weights with adnanny-sft's scorer."""
+    from transformers import AutoModelForCausalLM
+
+    from adnanny_cook.tasks import load_task_from_dir
+    from adnanny_rl.data import load_prompt_rows
+    from adnanny_sft.calibration import calibrate_threshold
+    from adnanny_sft.export import read_model_manifest
+    from adnanny_sft.models import load_tokenizer
+    from adnanny_sft.scoring import score_rows
+
+    entry = read_model_manifest(model_dir)["tasks"]["query_ad"]
+    assert (model_dir / "tasks" / "query_ad.toml").is_file()
+    assert entry["calibrated_by"] == "adnanny-rl"
+    assert summary["calibration"]["query_ad"]["before"]["threshold"] == \
+        read_model_manifest(policy)["tasks"]["query_ad"]["threshold"]
+    spec = load_task_from_dir(model_dir, "query_ad")
+    _, held = load_prompt_rows(_corpus(policy), spec)
+    gold = [spec.map_label("label", r.labels["label"]) in spec.defect_values["label"] for r in held]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    _, scores = score_rows(model, load_tokenizer(model_dir), spec, [r.input for r in held], field="label")
+    th = calibrate_threshold(scores, gold, entry["threshold_method"])
+    assert entry["threshold"] == pytest.approx(th.value, abs=1e-6) and entry["n"] == len(held)
+
+
+def test_label_prompts_are_drawn_class_balanced() -> None:
+    """An imbalanced labeling set (90% `bad`) is drawn ~1/3 per relevance value with `class_balance` (the default
+    for a labels reward) and ~90% `bad` without it; the draw order stays a checkpointable list."""
+    from collections import Counter
+
+    from adnanny_cook.tasks import load_task
+    from adnanny_rl.data import PromptRow
+    from adnanny_rl.train import TaskRuntime, _draw, class_weights
+
+    spec = load_task("query_ad")
+    rows = [PromptRow(id=str(i), input={}, labels={"label": "bad" if i < 90 else ("fair" if i < 95 else "good")},
+                      extra={}) for i in range(100)]
+    shares = {}
+    for balanced in (True, False):
+        rt = TaskRuntime(cfg=None, spec=spec, train=rows, held=[], reward=None,  # type: ignore[arg-type]
+                         row_weights=class_weights(spec, rows) if balanced else None)
+        rt.cfg = type("C", (), {"weight": 1.0})()
+        picks = _draw(random.Random(0), [rt], 3000)
+        counts = Counter(r.labels["label"] for _, r in picks)
+        shares[balanced] = {k: v / 3000 for k, v in counts.items()}
+        assert all(isinstance(i, int) for i in rt.order)
+    assert all(abs(shares[True][v] - 1 / 3) < 0.05 for v in ("bad", "fair", "good")), shares
+    assert abs(shares[False]["bad"] - 0.9) < 0.02, shares
+    assert class_weights(spec, rows[:90]) is None                         # one gold value: nothing to balance
 
 
 def test_killed_run_resumes_bit_for_bit(policy: Path, tmp_path: Path) -> None:

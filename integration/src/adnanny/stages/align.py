@@ -166,17 +166,14 @@ class AlignStage:
 
             shutil.rmtree(model)
         Path(summary["model"]).rename(model)
-        # The task definitions and the calibrated threshold travel with the aligned model, so `label` reads them
-        # from it; the threshold is the SFT model's (RL moves the policy by a KL-bounded step; not recalibrated).
-        for name in ("tasks", "adnanny_model.json"):
-            src, dst = Path(rl.policy) / name, model / name
-            if src.exists() and not dst.exists():
-                import shutil
-
-                (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-        if (Path(rl.policy) / "adnanny_model.json").exists():
-            notes.append("align: the aligned model keeps the SFT model's calibrated threshold (not recalibrated "
-                         "after RL).")
+        # adnanny-rl carries the task definitions and the model manifest to the aligned model, with each labeling
+        # task's threshold refitted on the held-out split (RL moves the scores the threshold was fitted on).
+        for name, c in (summary.get("calibration") or {}).items():
+            b = {k: float("nan") if v is None else v for k, v in c["before"].items()}
+            notes.append(f"align: `{name}` threshold refitted after RL on the held-out split: "
+                         f"{b.get('threshold', float('nan')):.3f} -> {c['threshold']:.3f} (val BACC "
+                         f"{b.get('val_bacc', float('nan')):.3f} -> {c['val_bacc']:.3f}, AUC "
+                         f"{b.get('val_auc', float('nan')):.3f} -> {c['val_auc']:.3f})")
         from adnanny_sft.logs import read_log
 
         recs = read_log(ctx.out / "rl")
@@ -208,7 +205,8 @@ class AlignStage:
         return StageResult(
             metrics={"reward_before": m.get("before"), "reward_after": m.get("after"), "reward_ci": m.get("ci"),
                      "reward_task": main_task, "kl": sum(kls) / len(kls) if kls else 0.0, "tasks": per_task,
-                     "steps": rl.steps, "seconds": round(time.perf_counter() - t0, 1)},
+                     "steps": rl.steps, "calibration": summary.get("calibration") or {},
+                     "seconds": round(time.perf_counter() - t0, 1)},
             artifacts={"model": "model", "log": "log.jsonl", "rl_log": "rl/log.jsonl", "summary": "rl/summary.json"},
             notes=notes,
             lineage={"policy": str(rl.policy), **{f"data:{t.task}": t.data for t in rl.tasks}})

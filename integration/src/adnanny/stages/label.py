@@ -3,9 +3,11 @@
 What it does, per label task the model was trained on (generation tasks are left to `distill`'s Table 6):
 
 1. **Held-out rows** (`heldout/<task>.parquet`: `id`, the task's inputs, the gold labels): the cook stage's
-   golden set when it has one (rows that neither training nor threshold calibration saw), else its corpus's
-   `eval` split (one row per input; the threshold was calibrated on it, which the report notes), or the
-   user's own file (`input` + `columns`). The first `max_rows`, the same rows for every system.
+   test set when it has one (a random hold-out that neither training nor threshold calibration saw, in the
+   data's class mix, so Model DR can be set beside DR), else its golden set (also unseen, but stratified by
+   label), else its corpus's `eval` split (one row per input; the threshold was calibrated on it, which the
+   report notes), or the user's own file (`input` + `columns`). The first `max_rows`, the same rows for every
+   system.
 2. **AdNanny** through `adnanny-serve label` (`label_file` with one loaded engine): label-only on every row
    and label+reasoning on the first `reasoning_rows`, with scores and the calibrated threshold of the model's
    `adnanny_model.json` (adnanny-serve applies it); the FP8 export (`quantize`) label-only on the same rows.
@@ -58,10 +60,12 @@ class Config(Settings):
 
     source: str = Field("auto", description="which model is AdNanny: `auto` (align's when the flow ran it, else "
                                             "train's), `align` or `train`")
-    heldout: Literal["auto", "golden", "eval"] = Field(
-        "auto", description="held-out rows: the cook stage's `golden` set, its corpus `eval` split, or `auto` "
-                            "(golden when it has at least `min_golden` rows of the task)")
-    min_golden: int = Field(20, ge=1, description="`auto` uses the golden set only with at least this many rows")
+    heldout: Literal["auto", "test", "golden", "eval"] = Field(
+        "auto", description="held-out rows: the cook stage's `test` set (random, the data's class mix), its "
+                            "`golden` set (stratified by label), its corpus `eval` split, or `auto` (the first "
+                            "of test, golden with at least `min_golden` rows of the task, eval)")
+    min_golden: int = Field(20, ge=1, description="`auto` uses the test or golden set only with at least this many "
+                                                  "rows")
     input: str = Field("", description="your own held-out labeled file (CSV/JSONL/Parquet: id, inputs, gold "
                                        "labels) instead of the cook stage's rows; one task only")
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column of `input`")
@@ -122,12 +126,13 @@ def corpus_dir(cook: Path) -> Path:
     return found[0].parent
 
 
-def golden_file(cook: Path, task: str) -> Path | None:
-    """The cook stage's golden set of `task` (artifact `golden`, else `golden/<task>.jsonl` anywhere under it)."""
-    for g in (stage_artifact(cook, "golden"), cook / "golden", cook / "sample" / "golden"):
+def golden_file(cook: Path, task: str, kind: str = "golden") -> Path | None:
+    """The cook stage's `kind` set (golden or test) of `task` (artifact `kind`, else `kind/<task>.jsonl`
+    anywhere under it)."""
+    for g in (stage_artifact(cook, kind), cook / kind, cook / "sample" / kind):
         if g is not None and (g / f"{task}.jsonl").is_file():
             return g / f"{task}.jsonl"
-    found = sorted(cook.rglob(f"golden/{task}.jsonl"))
+    found = sorted(cook.rglob(f"{kind}/{task}.jsonl"))
     return found[0] if found else None
 
 
@@ -180,17 +185,22 @@ def heldout_frame(cook: Path | None, spec: Any, cfg: Config) -> tuple[Any, str]:
     else:
         if cook is None:
             raise StageInputError("the label stage needs the cook stage's folder (or `label.input`)")
-        gold = golden_file(cook, spec.name)
         rows = []
-        if gold is not None and cfg.heldout in ("auto", "golden"):
+        for kind in ("test", "golden"):
+            gold = golden_file(cook, spec.name, kind) if cfg.heldout in ("auto", kind) else None
+            if gold is None or (cfg.heldout == "auto" and len(rows) >= cfg.min_golden):
+                continue
+            rows = []
             for line in gold.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     g = json.loads(line)
                     rows.append(_flat(spec, g["id"], g.get("input") or {}, g.get("labels") or {}))
-            source = f"{gold} (golden set)"
-        if cfg.heldout == "golden" and not rows:
-            raise StageInputError(f"`label.heldout = \"golden\"` but cook folder `{cook}` has no golden set for "
-                                  f"`{spec.name}`")
+            source = f"{gold} ({kind} set)"
+            if cfg.heldout == kind and not rows:
+                break
+        if cfg.heldout in ("test", "golden") and not rows:
+            raise StageInputError(f"`label.heldout = \"{cfg.heldout}\"` but cook folder `{cook}` has no "
+                                  f"{cfg.heldout} set for `{spec.name}`")
         if cfg.heldout == "eval" or (cfg.heldout == "auto" and len(rows) < cfg.min_golden):
             rows = _corpus_rows(corpus_dir(cook), spec, "eval")
             source = f"{corpus_dir(cook)} (eval split)"
@@ -462,7 +472,7 @@ class LabelStage:
             notes.append(f"{name}: {heldout.height} held-out rows from {source}.")
             if "eval split" in source and (model_dir / "adnanny_model.json").is_file():
                 notes.append(f"{name}: the calibrated threshold was fitted on this eval split, so AdNanny's numbers "
-                             "are slightly optimistic (no golden set to evaluate on).")
+                             "are slightly optimistic (no test or golden set to evaluate on).")
             d = ctx.out / "heldout"
             inp = d / f"{name}.parquet"
             _atomic_parquet(heldout, inp)

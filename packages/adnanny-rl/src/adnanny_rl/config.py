@@ -38,11 +38,17 @@ class TaskConfig(BaseModel):
     mode: Literal["label", "reasoning"] = Field("label", description="output form asked of the policy")
     field_weights: dict[str, float] = Field(default_factory=dict, description="labels: weight per label field")
     format_penalty: float = Field(-1.0, description="reward of an output that does not parse")
+    class_balance: bool | None = Field(
+        None, description="labels: draw prompts so every gold value of the task's primary field is equally "
+                          "likely (None = on for `labels` rewards; an imbalanced set otherwise pulls the policy "
+                          "towards its largest class)")
     retriever: Literal["bm25", "dense"] = Field("bm25", description="retrieval: BM25 or all-MiniLM-L6-v2")
     metric: Literal["recall", "ndcg"] = Field("recall", description="retrieval: recall@K or NDCG@K")
     k: int = Field(10, ge=1, description="retrieval: K")
     sample_weight: float = Field(0.0, ge=0, description="retrieval: weight of eq. 8's optional per-sample term "
                                                          "(the completion's own ad alone)")
+    batch_weight: float = Field(1.0, ge=0, description="retrieval: weight of eq. 8's batch term (0: the "
+                                                        "per-sample term alone)")
     transform: Literal["identity", "scale", "clip", "sign"] = Field("identity", description="g_t of eq. 8")
     transform_scale: float = Field(1.0, description="g_t = scale · Δ when transform = scale")
     world: str | None = Field(None, description="retrieval/ctr: the sample-world folder with the ad catalog "
@@ -92,6 +98,10 @@ class RLConfig(Settings):
     def _cross_field(self) -> RLConfig:
         if not self.tasks:
             raise ValueError("`tasks` is empty: name at least one [[tasks]] table with `task` and `data`")
+        for i, t in enumerate(self.tasks):
+            if t.class_balance and t.reward != "labels":
+                raise ValueError(f"`tasks.{i}.class_balance`: only a `labels` reward has gold classes to balance "
+                                 f"(task `{t.task}` has reward `{t.reward}`)")
         if (self.prompts_per_step * self.group_size) % self.micro_batch and \
                 self.micro_batch < self.prompts_per_step * self.group_size:
             raise ValueError(f"`micro_batch`={self.micro_batch} must divide the rollout batch "

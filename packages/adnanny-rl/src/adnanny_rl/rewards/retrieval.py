@@ -97,7 +97,9 @@ class RetrievalReward:
     `sample_weight` > 0 adds eq. 8's optional per-sample term: ``sample_weight · g(M_with − M_base)`` of the
     completion's OWN ad alone (only its document expanded, only its ad's held-out queries). The batch term gives
     a completion 1/P of the credit for its batch's gain; the per-sample term gives it its own, which is what a
-    small run needs to learn at all (component `own_gain`).
+    small run needs to learn at all (component `own_gain`). `batch_weight` scales the batch term (1: the paper's
+    eq. 8; 0: the per-sample term alone — the batch term of a completion is mostly the other prompts' outcomes,
+    so with group-std scaling it hands full-size advantages to groups whose own terms are all equal).
     """
 
     #: one value per reward batch (eq. 8): the recipe scores each held-out prompt as its own batch
@@ -106,7 +108,7 @@ class RetrievalReward:
     def __init__(self, spec: Any, ads: Mapping[str, str], heldout: Mapping[str, Sequence[str]], *, k: int = 10,
                  metric: str = "recall", retriever: str = "bm25", encoder: Callable[[Sequence[str]], Any] | None
                  = None, transform: RewardTransform | None = None, ad_field: str = "ad_id",
-                 format_penalty: float = -0.1, sample_weight: float = 0.0) -> None:
+                 format_penalty: float = -0.1, sample_weight: float = 0.0, batch_weight: float = 1.0) -> None:
         from adnanny_eval.ranking import ndcg_at_k, recall_at_k
 
         if metric not in ("recall", "ndcg"):
@@ -122,6 +124,10 @@ class RetrievalReward:
         self.transform = transform or RewardTransform()
         self.format_penalty = float(format_penalty)
         self.sample_weight = float(sample_weight)
+        self.batch_weight = float(batch_weight)
+        if self.batch_weight < 0 or self.sample_weight < 0 or not (self.batch_weight or self.sample_weight):
+            raise RLConfigError(f"`batch_weight` and `sample_weight` must be >= 0 with one > 0, got "
+                                f"{batch_weight} and {sample_weight}")
         self._base_cache: dict[tuple[str, ...], float] = {}
         self._score_one = recall_at_k if metric == "recall" else ndcg_at_k
         self.ad_ids = list(ads)
@@ -203,9 +209,12 @@ class RetrievalReward:
                 if ad not in self.by_ad and ad not in self.ad_ids:
                     raise RLConfigError(f"row {i}: `{self.ad_field}`={ad!r} is not in the retriever's catalog")
                 expansions.setdefault(ad, []).extend(generated[i])
-            queries = sorted({q for a in expansions for q in self.by_ad.get(a, ())})
-            delta = self.metric(expansions, queries) - self.base_metric(queries)
-            r = self.transform(delta)
+            if self.batch_weight:
+                queries = sorted({q for a in expansions for q in self.by_ad.get(a, ())})
+                delta = self.metric(expansions, queries) - self.base_metric(queries)
+                r = self.batch_weight * self.transform(delta)
+            else:
+                delta = r = 0.0
             for i in rows_j:
                 gain[i] = delta
                 total[i] = r + (0.0 if parsed[i] else self.format_penalty)
