@@ -33,11 +33,13 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from adnanny_cook.settings import Settings, load_settings, split_commas
 
 __all__ = ["FlowBase", "FlowConfigError", "InputData", "flow_model", "installed_stages", "load_flow_config",
-           "resolve_paths", "DEFAULT_CONFIG", "CI_CONFIG"]
+           "resolve_paths", "DEFAULT_CONFIG", "CI_CONFIG", "LEARN_CONFIG"]
 
 #: The embedded default (`adnanny run` with no `--config`) and the small CI config, as package data.
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 CI_CONFIG = Path(__file__).parent / "configs" / "ci.toml"
+#: the smallest config whose model learns relevance (the default's world and recipe, CI-sized other stages)
+LEARN_CONFIG = Path(__file__).parent / "configs" / "learn.toml"
 
 DATA_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet", ".json")
 
