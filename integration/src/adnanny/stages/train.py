@@ -38,8 +38,10 @@ def recipe() -> dict[str, Any]:
 class TrainStageConfig(Settings):
     """The train stage: adnanny-sft with instance + task weighting on the cook corpus, adnanny-sft's recipe.
 
-    Sizes: 0 / empty always means "the recipe's value" (today 800 steps x 32 rows, tiny DeepSeek-V3 h64 x 4
-    layers, input loss 0.3: the recipe that learned relevance in adnanny-sft's pilots at ~750 steps). Pilots on
+    Sizes: 0 / empty always means "the recipe's value" (today 1,600 steps x 32 rows, tiny DeepSeek-V3 h64 x 4
+    layers, input loss 0.3: relevance is learned between steps ~800 and ~1,400 on the default corpus; at 800 a
+    run may not have crossed, session 5). The 800-step default trained in 268 s on 2 cores with little else
+    running. Pilots on
     this shared 2-core machine at load 7-9: 1.2-5 s per 8-row step, ~11 s per 32-row step (so 800 x 32 is ~2.5 h
     here); adnanny-sft's README measured 0.30 s per 16-row step on a quieter machine, i.e. ~8 min for the recipe
     on 2 idle cores — the embedded default keeps the recipe (learning relevance is the acceptance; 15 min for
