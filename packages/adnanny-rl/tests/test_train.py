@@ -236,11 +236,6 @@ def test_a_raising_reward_names_its_task_and_rows() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="not yet shown on the lowercase-tokenizer writer (issue 12): this recipe gave 1.416 -> "
-                          "1.703, interval [-0.27, 0.85], with one step's KL at 4.5; beta 0.08: [-0.65, 0.57], KL "
-                          "2.4; no std scaling: [-0.10, 0.18]; lr 2e-3 diverged. On the cased writer it passed: "
-                          "-1.19 -> -0.53, [0.16, 1.17], KL 0.46 (README)",
-                   strict=False)
 def test_grpo_raises_held_out_retrieval_reward(policy: Path, tmp_path: Path) -> None:
     """(b) GRPO on `keyword_query` with the retrieval reward: generated queries are injected doc2query-style into
     the frozen BM25 index of the fixture world's catalog; the reward is g(NDCG@10 with − without) of the held-out
@@ -251,7 +246,8 @@ def test_grpo_raises_held_out_retrieval_reward(policy: Path, tmp_path: Path) -> 
     bootstrap interval above 0, while every step's KL to the reference stays < KL_BOUND.
 
     The recipe (probes in the README): 8 prompts x G 8 per step and the evaluation over every eval ad with 8 samples
-    each (64 prompts x 4 samples could not resolve a gain); it passed on the cased-tokenizer writer only."""
+    each (64 prompts x 4 samples could not resolve a gain); the per-sample term alone (`batch_weight` 0: the batch
+    term is mostly the other prompts' outcomes, noise in a group's advantages), lr 5e-4, 45 steps."""
     from adnanny_rl.testing import query_writer_fixture, retrieval_prompt_files, world_of_fixture
 
     writer = query_writer_fixture(policy, threads=1)
@@ -266,8 +262,8 @@ def test_grpo_raises_held_out_retrieval_reward(policy: Path, tmp_path: Path) -> 
     out = tmp_path / "learn-retrieval"
     task = {"task": "keyword_query", "data": str(train), "eval_data": str(held), "world": str(world),
             "reward": "retrieval", "metric": "ndcg", "k": 10, "transform": "scale", "transform_scale": 10.0,
-            "sample_weight": 3.0, "format_penalty": -1.0}
-    s = main(_cfg(writer, out, steps=30, prompts_per_step=8, group_size=8, micro_batch=32, lr=1e-3, beta=0.04,
+            "sample_weight": 3.0, "batch_weight": 0.0, "format_penalty": -1.0}
+    s = main(_cfg(writer, out, steps=45, prompts_per_step=8, group_size=8, micro_batch=32, lr=5e-4, beta=0.04,
                   max_completion_tokens=16, eval_prompts=len(ev), eval_samples=8, save_every=100, tasks=[task]))
     assert len(s["eval_before"]["keyword_query"]) == len(ev)     # every eval ad was scored
     mb, ma, lo, _, kl = _learning_report(s, out, "keyword_query")
