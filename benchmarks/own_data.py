@@ -728,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--few-shot", type=int, default=None)
     ap.add_argument("--items-per-user", type=int, default=None,
                     help="movielens: later-rated movies sampled per user (rows; default 4)")
+    ap.add_argument("--history-len", type=int, default=None,
+                    help="movielens: earlier ratings shown as the user history (default 5)")
     ap.add_argument("--lora-top-layers", type=int, default=None, help="LoRA on the top N layers (0: all-linear)")
     ap.add_argument("--calibration-rows", type=int, default=None)
     ap.add_argument("--max-input-tokens", type=int, default=None)
@@ -748,7 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     cfg = WalkConfig.pilot(a.work) if a.pilot else WalkConfig(work=a.work)
     for key in ("max_steps", "batch_size", "lr", "n_test", "max_dev", "few_shot", "max_input_tokens", "threads", "dtype",
-                "lora_top_layers", "calibration_rows", "model", "prompted_model", "warmup_steps", "items_per_user"):
+                "lora_top_layers", "calibration_rows", "model", "prompted_model", "warmup_steps", "items_per_user",
+                "history_len"):
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)

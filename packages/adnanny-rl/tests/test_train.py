@@ -195,6 +195,7 @@ def test_one_update_moves_probability_towards_better_completions(policy: Path) -
                           "0.885 -> 0.814 [-0.104, -0.041], KL 0.30; without class balance 0.885 -> 0.820 with 12% "
                           "parse errors at one step; lr 1e-4: [-0.021, +0.014]; lr 2e-4, G 8, 40 steps: "
                           "[-0.036, +0.018]; relevance-only reward: [-0.078, +0.017], unbalanced [-0.055, +0.077]. "
+                          "Session 6: lr 1e-4, G 8, 100 steps: [-0.026, +0.016]; reasoning mode: [-0.078, +0.120]. "
                           "It passed on the 800-step fixture: 0.762 -> 0.824 [0.031, 0.092] (README)",
                    strict=False)
 def test_grpo_raises_held_out_label_reward(policy: Path, tmp_path: Path) -> None:
