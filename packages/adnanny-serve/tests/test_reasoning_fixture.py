@@ -27,8 +27,8 @@ what the two modes' label frequencies alone would give (chance agreement): agree
 proves nothing.
 
 Slow: the fixture is built on first use (28-34 min at 1 thread here, then cached by content) and 64 reasoning
-outputs take ~20-40 s on a shared CPU. The bars are the issue's (>= 90% parsed, >= 90% agreement); the rates are printed, never
-asserted as exact numbers of the fixture."""
+outputs take ~20-40 s on a shared CPU. The bars are the issue's (>= 90% parsed, >= 90% agreement); the rates are
+printed, never asserted as exact numbers of the fixture."""
 
 from __future__ import annotations
 
