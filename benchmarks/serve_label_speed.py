@@ -34,6 +34,7 @@ The machine is shared: os.getloadavg() is recorded.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import platform
@@ -183,6 +184,9 @@ def main() -> None:
     ap.add_argument("--skip-naive", action="store_true", help="skip the one-sample-at-a-time loop")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of the label-only rows (median kept)")
     ap.add_argument("--repeat-reasoning", action="store_true", help="repeat the label+reasoning row too")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (default: tuned, as `adnanny-serve label` does; the "
+                         "peer and the loop run in this process, so they are tuned too)")
     ap.add_argument("--gpu-dollars-per-s", type=float, default=0.0027)
     ap.add_argument("--baseline-per-million", type=float, default=592.0)
     ap.add_argument("--out", type=Path, default=None,
@@ -195,6 +199,9 @@ def main() -> None:
     from adnanny_serve.cost import cost_row, format_cost_table
     from adnanny_serve.engines.transformers_engine import TransformersEngine
 
+    from adnanny_serve.runtime import tune_malloc
+
+    malloc_tuned = False if args.default_malloc else tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
@@ -297,7 +304,8 @@ def main() -> None:
         "paper_label_vs_reasoning_ratio": 20.22 / 8.79, "cost_table": [r.__dict__ for r in rows_cost],
         "baseline_per_million": args.baseline_per_million, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned,
+        "command": " ".join(["python", "benchmarks/serve_label_speed.py", *sys.argv[1:]]), "python": platform.python_version(), "torch": torch.__version__,
     }
     dest = args.out or RESULTS / ("serve_label_speed.json" if args.model == "smollm2"
                                   else f"serve_label_speed_{args.model}.json")

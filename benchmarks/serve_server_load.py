@@ -16,7 +16,9 @@ model and requests:
 * ``overload``: continuous, 4x the concurrency against a queue of 4 — the server must refuse with 429/503 +
   Retry-After, never fail (zero 5xx) and never leave a request unanswered.
 
-``continuous_no_prefix_cache`` (``--phases``): continuous without the prefix cache at joins. ``--repeats R`` runs
+``continuous_no_prefix_cache`` (``--phases``): continuous without the prefix cache at joins;
+``continuous_untuned``: continuous as the server ran until session 6, with torch's default threads (every core)
+and glibc's default allocator (:mod:`adnanny_serve.runtime` says why both matter). ``--repeats R`` runs
 all phases R times, interleaved, and keeps each phase's median-throughput run (every run's rps/p50/p99 under
 ``runs``). Reports requests/s (answered with 200), p50/p99 latency, and status counts; JSON to
 benchmarks/results/serve_server_load.json. The machine is shared: os.getloadavg() is recorded.
@@ -63,11 +65,12 @@ def post(url: str, body: dict, timeout: float) -> tuple[int, float, str | None]:
 
 
 def start_server(model: Path, port: int, batch_size: int, max_queue: int, batching: str,
-                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "adnanny_serve.cli", "serve", "--model", str(model), "--port", str(port),
            "--batch-size", str(batch_size), "--max-queue", str(max_queue), "--served-model-name", "tiny",
            "--max-tokens", "1024", "--batching", batching, *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=None if env is None else {**os.environ, **env})
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -107,8 +110,8 @@ def build_requests(model: Path, n: int, reasoning_tokens: int) -> list[dict]:
 
 
 def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, conc: int, max_seconds: float,
-          requests: list[dict], batching: str, extra: tuple[str, ...] = ()) -> dict:
-    proc = start_server(model, port, batch_size, max_queue, batching, extra)
+          requests: list[dict], batching: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict:
+    proc = start_server(model, port, batch_size, max_queue, batching, extra, env)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
         results = []
@@ -138,7 +141,8 @@ def phase(name: str, model: Path, port: int, batch_size: int, max_queue: int, co
     q = statistics.quantiles(ok, n=100) if len(ok) >= 2 else [float("nan")] * 99
     retry_after = sorted({ra for c, _, ra in results if c in (429, 503) and ra})
     slowest = sorted(range(n), key=lambda i: -results[i][1])[:5]
-    return {"phase": name, "batching": batching, "server_flags": list(extra), "by_mode": by_mode,
+    return {"phase": name, "batching": batching, "server_flags": list(extra), "server_env": env or {},
+            "by_mode": by_mode,
             "slowest": [{"request": i, "mode": requests[i]["mode"], "sampled": "seed" in requests[i]["body"],
                          "latency_s": results[i][1], "status": results[i][0]} for i in slowest], "batch_size": batch_size, "max_queue": max_queue, "requests": n, "concurrency": conc,
             "wall_seconds": wall, "rps_ok": len(ok) / wall, "p50_s": q[49], "p99_s": q[98],
@@ -156,7 +160,7 @@ def per_round(phases: list[dict]) -> list[dict]:
     for k in range(len(by.get("static", []))):
         st = by["static"][k]
         row: dict = {"round": k + 1, "static_rps": st["rps_ok"], "static_p99_s": st["p99_s"]}
-        for name in ("continuous", "continuous_no_prefix_cache"):
+        for name in ("continuous", "continuous_no_prefix_cache", "continuous_untuned"):
             if name in by and k < len(by[name]):
                 c = by[name][k]
                 row[f"{name}_vs_static_rps"] = c["rps_ok"] / st["rps_ok"] if st["rps_ok"] else None
@@ -175,7 +179,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_server_load.json")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of all phases, interleaved (median kept)")
     ap.add_argument("--phases", default="unbatched,static,continuous,overload",
-                    help="comma list of unbatched, static, continuous, continuous_no_prefix_cache, overload")
+                    help="comma list of unbatched, static, continuous, continuous_no_prefix_cache, "
+                         "continuous_untuned, overload")
+    ap.add_argument("--server-threads", type=int, default=0,
+                    help="the servers' --threads (0: their default, all cores but one)")
     args = ap.parse_args()
 
     from adnanny_sft.testing import fine_tuned_fixture
@@ -191,13 +198,17 @@ def main() -> None:
         quantize_checkpoint(model, fp8)
         port = free_port()
         c, mx = args.concurrency, args.max_seconds
+        th = ("--threads", str(args.server_threads))
+        # the server as it ran until session 6: torch's default threads (every core) and glibc's default allocator
+        untuned = (("--threads", str(os.cpu_count() or 1)), {"ADNANNY_SERVE_MALLOC": "default"})
         specs = {
-            "unbatched": (1, 256, c, "static", ()),
-            "static": (8, 256, c, "static", ()),
-            "continuous": (8, 256, c, "continuous", ()),
+            "unbatched": (1, 256, c, "static", th, None),
+            "static": (8, 256, c, "static", th, None),
+            "continuous": (8, 256, c, "continuous", th, None),
             # the continuous batcher as it was before its joins used the prefix cache (every prompt prefilled whole)
-            "continuous_no_prefix_cache": (8, 256, c, "continuous", ("--no-prefix-caching",)),
-            "overload": (8, 4, 4 * c, "continuous", ()),
+            "continuous_no_prefix_cache": (8, 256, c, "continuous", (*th, "--no-prefix-caching"), None),
+            "continuous_untuned": (8, 256, c, "continuous", *untuned),
+            "overload": (8, 4, 4 * c, "continuous", th, None),
         }
         wanted = [x for x in args.phases.split(",") if x]
         unknown = [x for x in wanted if x not in specs]
@@ -206,8 +217,9 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for _ in range(args.repeats):  # interleaved rounds on a shared machine; the median-throughput run is kept
             for name in wanted:
-                b, q, cc, batching, extra = specs[name]
-                runs.setdefault(name, []).append(phase(name, fp8, port, b, q, cc, mx, requests, batching, extra))
+                b, q, cc, batching, extra, env = specs[name]
+                runs.setdefault(name, []).append(phase(name, fp8, port, b, q, cc, mx, requests, batching, extra,
+                                                       env))
         phases = []
         for name in wanted:
             rs = sorted(runs[name], key=lambda r: r["rps_ok"])
@@ -238,6 +250,8 @@ def main() -> None:
                                         if "continuous" in by and "static" in by else None),
            "goal": "continuous >= 1.5x static throughput at a lower p99; zero 5xx under overload",
            "all_answered_or_refused": all(p["n_unanswered"] == 0 and p["n_5xx"] == 0 for p in phases),
+           "server_threads": args.server_threads or "default (all cores but one)",
+           "command": " ".join(["python", "benchmarks/serve_server_load.py", *sys.argv[1:]]),
            "loadavg_before": load0, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")

@@ -262,7 +262,9 @@ def _label(engine: Any, model_dir: Path, inp: Path, out: Path, cfg: Config, *, m
            task: str = "", **extra: Any) -> dict[str, Any]:
     """`adnanny-serve label` on `inp` -> `out`; returns its stats (kept in `<out>.stats.json` for reuse)."""
     from adnanny_serve import LabelConfig, label_file
+    from adnanny_serve.runtime import tune_malloc
 
+    tune_malloc()  # as `adnanny-serve label` does: decoding's growing KV buffers stay off fresh pages
     stats_path = out.with_name(out.name + ".stats.json")
     if _reusable(out, model_dir, inp, mode):
         return dict(json.loads(stats_path.read_text()), reused=True)

@@ -62,12 +62,25 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_runtime(threads: int | None) -> int:
+    """Set up this process for a long CPU job (:mod:`adnanny_serve.runtime`); the torch thread count in use."""
+    import torch
+
+    from adnanny_serve.runtime import tune_malloc
+
+    tune_malloc()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 # -------------------------------------------------------------------------------------------- label
 def _cmd_label(args: argparse.Namespace) -> int:
     from adnanny_serve.config import load_label_config
     from adnanny_serve.label import label_file
 
     cfg = load_label_config(args.config, cli=args.settings_source(parsed_args=args))
+    _cpu_runtime(None)  # glibc's allocator only: labeling uses every core
     stats = label_file(cfg)
     if args.json:
         print(json.dumps({k: v for k, v in asdict(stats).items() if k != "extra"}))
@@ -87,10 +100,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from adnanny_serve.config import load_serve_config
     from adnanny_serve.engines.transformers_engine import TransformersEngine
+    from adnanny_serve.runtime import engine_threads
     from adnanny_serve.server import Limits, create_app
 
     c = load_serve_config(args.config, cli=args.settings_source(parsed_args=args))
     model_dir = _resolve_model(c.model)
+    threads = _cpu_runtime(engine_threads(c.threads, c.device))
     engine = TransformersEngine.from_pretrained(model_dir, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
                                                 allow_pickle=c.allow_pickle, fp8_weights=c.fp8_weights,
                                                 prefix_caching=c.prefix_caching)
@@ -101,7 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      limits=Limits(max_prompt_tokens=c.max_prompt_tokens, max_tokens=c.max_tokens),
                      max_batch=c.batch_size, max_queue=c.max_queue, batch_wait_s=c.batch_wait_ms / 1000,
                      batching=c.batching, max_queue_tokens=c.max_queue_tokens)
-    print(f"serving {name!r} on http://{c.host}:{c.port}/v1", file=sys.stderr)
+    print(f"serving {name!r} on http://{c.host}:{c.port}/v1 ({threads} torch threads)", file=sys.stderr)
     # SIGTERM/SIGINT: stop accepting, give running requests 5 s, then cancel them (which stops the engine on them
     # at the next decoding step and refuses what is queued) instead of waiting for every queued request
     uvicorn.run(app, host=c.host, port=c.port, log_level="info", timeout_graceful_shutdown=5)

@@ -198,6 +198,8 @@ class ServeConfig(_ServeSettings):
                                "safetensors (trusted models only).")
     prefix_caching: bool = Field(True, description="Compute the KV of the prompts' shared prefix (system prompt) "
                                  "once and prefill only each prompt's own suffix (`--no-prefix-caching`: off).")
+    threads: int = Field(0, ge=0, description="torch CPU threads of the engine; 0: all cores but one on CPU (the "
+                         "HTTP side needs one), torch's default on CUDA.")
 
 
 def load_label_config(path: str | Path | None = None, *, cli: Any = None,
