@@ -34,10 +34,10 @@ The machine is shared: os.getloadavg() is recorded.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -305,7 +305,8 @@ def main() -> None:
         "baseline_per_million": args.baseline_per_million, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned,
-        "command": " ".join(["python", "benchmarks/serve_label_speed.py", *sys.argv[1:]]), "python": platform.python_version(), "torch": torch.__version__,
+        "command": " ".join(["python", "benchmarks/serve_label_speed.py", *sys.argv[1:]]),
+        "python": platform.python_version(), "torch": torch.__version__,
     }
     dest = args.out or RESULTS / ("serve_label_speed.json" if args.model == "smollm2"
                                   else f"serve_label_speed_{args.model}.json")

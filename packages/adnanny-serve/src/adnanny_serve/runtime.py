@@ -2,14 +2,15 @@
 
 Why these two. Measured on the server under load (2 cores, the fine-tuned fixture, a client process beside it;
 serve README, "Server under load"): a continuous-batching decoding step took 11–21 ms from one run to the next
-with the same rows, and 11–12 ms every time with :func:`tune_malloc`; the server's engine with torch's default
+with the same rows, and 10–12 ms every time with :func:`tune_malloc`; the server's engine with torch's default
 of 2 threads took 23–31 ms per step against 11–14 ms with 1. Both come from how the CPU path works, not from the
 model:
 
 * Every decoding step grows each layer's KV cache by concatenation, so every step frees and allocates buffers of
-  a few hundred KiB to a few MiB. glibc serves such sizes with ``mmap`` below a threshold that it moves up and
-  down as buffers are freed, and returns the top of its heap to the OS past a trim threshold; either way a step's
-  fresh buffers are new pages that fault in and are zeroed. Fixing both thresholds (``mallopt``) keeps freed
+  a few hundred KiB to a few MiB. glibc maps a buffer above its mmap threshold with ``mmap``, and raises
+  that threshold only to the size of a mapped buffer freed before — each step's buffer is a little larger — and
+  returns the top of its heap to the OS past a trim threshold; either way a step's fresh buffers are new pages
+  that fault in and are zeroed. Fixing both thresholds (``mallopt``) keeps freed
   buffers in the heap for the next step. Fixing only one of the two made steps slower (~24 ms).
 * torch's intra-op threads spin while they wait for work. A server's HTTP side (uvicorn's loop, tokenization, the
   chat template) needs a core of its own; a torch thread on that core makes every small op wait for it.
