@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,10 +46,16 @@ def test_second_label_process_on_one_out_is_refused_naming_the_holder(tiny_fp8, 
     while time.time() < deadline and not list(parts.glob("chunk-*.parquet")) and first.poll() is None:
         time.sleep(0.02)
     assert first.poll() is None, f"the first run ended before the second started: {first.stderr.read()}"
-    t0 = time.time()
-    second = subprocess.run(_cmd(tiny_fp8, inp, out), env=ENV, capture_output=True, text=True, timeout=120)
-    took = time.time() - t0
-    still_running = first.poll() is None
+    # Pause the first run mid-job: it keeps its lock, and a slow machine cannot let it finish (and release the
+    # lock) before the second has even imported torch, which is how CI once saw "already exists" instead.
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        second = subprocess.run(_cmd(tiny_fp8, inp, out), env=ENV, capture_output=True, text=True, timeout=120)
+        took = time.time() - t0
+        still_running = first.poll() is None
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr
     err = second.stderr.strip()
     assert len(err.splitlines()) == 1, err
