@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -29,6 +31,24 @@ def test_label_reward_agreement_and_format_penalty() -> None:
         LabelReward(spec, field_weights={"relevance": 1.0})
     with pytest.raises(RLConfigError, match="labeling task"):
         LabelReward(get_task("keyword_query"))
+
+
+def test_label_reward_defect_view() -> None:
+    """`agreement="defect"`: fair for good (both non-defects) agrees, fair for bad does not; every field of
+    query_ad has defect values, so each is scored in its defect view. A task without any is refused."""
+    spec = get_task("query_ad")
+    r = LabelReward(spec, agreement="defect", mode="label")
+    gold = [{"labels": {"label": g, "location_label": "good", "quality_label": "bad"}} for g in ("good", "bad")]
+    out = r([gold[0], gold[0], gold[1], gold[1]],
+            [_qa_text("Fair", q="Bad"), _qa_text("Bad", q="Bad"), _qa_text("Fair", q="Bad"), _qa_text("Bad", loc="Bad")],
+            group_size=2)
+    assert out.total == pytest.approx([1.0, 2 / 3, 2 / 3, 1 / 3])
+    exact = LabelReward(spec, mode="label")([gold[0]], [_qa_text("Fair", q="Bad")], group_size=1)
+    assert exact.total == pytest.approx([2 / 3])          # the same answer, scored exactly
+    only_rel = LabelReward(spec, agreement="defect", field_weights={"label": 1.0})
+    assert only_rel([gold[1]], [_qa_text("Good")], group_size=1).total == [0.0]
+    with pytest.raises(RLConfigError, match="`agreement` = `defect`: no weighted field of `query_ad`"):
+        LabelReward(dataclasses.replace(spec, defect_values={}), agreement="defect")
 
 
 def test_as_output_refuses_wrong_length_and_nan() -> None:

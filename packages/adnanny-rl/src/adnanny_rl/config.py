@@ -38,6 +38,9 @@ class TaskConfig(BaseModel):
     mode: Literal["label", "reasoning"] = Field("label", description="output form asked of the policy")
     field_weights: dict[str, float] = Field(default_factory=dict, description="labels: weight per label field")
     format_penalty: float = Field(-1.0, description="reward of an output that does not parse")
+    agreement: Literal["exact", "defect"] = Field(
+        "exact", description="labels: exact = the parsed value equals gold; defect = scored in each field's "
+                             "binary defect view (the paper's Bad view), fields without defect values exact")
     class_balance: bool | None = Field(
         None, description="labels: draw prompts so every gold value of the task's primary field is equally "
                           "likely (None = on for `labels` rewards; an imbalanced set otherwise pulls the policy "
@@ -69,6 +72,11 @@ class RLConfig(Settings):
     steps: int = Field(20, ge=1, description="rollout steps")
     prompts_per_step: int = Field(4, ge=1, description="P: prompts per rollout step (across tasks)")
     group_size: int = Field(4, ge=2, description="G: completions per prompt")
+    dynamic_sampling: bool = Field(False, description="DAPO's dynamic sampling: set aside groups whose rewards "
+                                                       "are all equal and draw more prompts until P groups "
+                                                       "with a reward spread are kept")
+    max_draw_rounds: int = Field(4, ge=1, description="dynamic sampling: at most this many draws of P prompts "
+                                                      "per step (then the batch is topped up with flat groups)")
     mu: int = Field(1, ge=1, description="policy updates per rollout batch (1 = on-policy)")
     micro_batch: int = Field(8, ge=1, description="completions per forward/backward")
     beta: float = Field(0.04, ge=0, description="KL coefficient β")
@@ -84,6 +92,9 @@ class RLConfig(Settings):
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over the first N optimizer "
+                                                   "steps (Adam's first steps are ~lr per weight whatever the "
+                                                   "gradient's noise; a converged SFT policy is hurt by them)")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
     eval_prompts: int = Field(16, ge=0, description="held-out prompts per task scored greedily before/after")
     eval_samples: int = Field(0, ge=0, description="0: greedy held-out evaluation; S > 0: S sampled completions "

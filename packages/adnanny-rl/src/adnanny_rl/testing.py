@@ -11,7 +11,8 @@ lock and published with one atomic rename, like the shared fixture.
 `retrieval_prompt_files` writes the prompts of the retrieval learning test from the world's ad catalog: one row
 per ad (keyword = the ad's product) whose ad has clicked queries in the held-out sessions (an ad without any
 has a gain of exactly 0 whatever the policy writes), split by a hash of the ad id into train and eval ads that
-never overlap; ads the warm start was trained on are kept out of the eval file.
+never overlap; ads the warm start was trained on are kept out of the eval file. `label_prompt_files` writes the
+label learning test's prompts: labeled rows the fixture never trained on, and the corpus's eval split.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUERY_WRITER_RECIPE", "query_writer_fixture", "retrieval_prompt_files", "world_of_fixture"]
+__all__ = ["QUERY_WRITER_RECIPE", "label_prompt_files", "query_writer_fixture", "retrieval_prompt_files",
+           "world_of_fixture"]
 
 #: The warm start: the sample world's own keyword -> query pairs (`keyword_query.parquet`, the rule teacher's
 #: compliant queries, ~1k rows) turned into a label-only corpus with adnanny-cook's teacherless `corpus` path, minus
@@ -165,4 +167,37 @@ def retrieval_prompt_files(world_dir: str | os.PathLike[str], out_dir: str | os.
     paths = (out / "train.jsonl", out / "eval.jsonl")
     for p, part in zip(paths, ("train", "eval"), strict=True):
         p.write_text("\n".join(rows[part]) + "\n")
+    return paths
+
+
+def label_prompt_files(world_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], task: str = "query_ad"
+                       ) -> tuple[Path, Path]:
+    """(train.jsonl, eval.jsonl) labeled prompts of `task` for the label learning test.
+
+    train: the world's noise-free labeled rows that are in neither its corpus nor its golden set — inputs the SFT
+    fixture never trained on (GRPO on the rows SFT memorised has nothing to find on them, and what it fits there
+    is not what the held-out rows miss). eval: the corpus's eval split (label mode), the rows sft calibrated its
+    threshold on and never trained on. Both as flat JSONL (`id`, the task's inputs, its label fields)."""
+    import polars as pl
+
+    from adnanny_cook.tasks import get_task
+
+    spec = get_task(task)
+    world = Path(world_dir)
+    corpus = pl.read_parquet(world / "corpus" / "corpus.parquet").filter(pl.col("task") == task)
+    prefix = f"{task}-"
+    used = {i.removeprefix(prefix).removesuffix("-r").removesuffix("-l") for i in corpus["id"].to_list()}
+    golden = world / "golden" / f"{task}.jsonl"
+    if golden.is_file():
+        used |= {json.loads(line)["id"] for line in golden.read_text().splitlines() if line.strip()}
+    cols = ["id", *spec.input_fields, *spec.field_order]
+    fresh = (pl.read_parquet(world / f"{task}.parquet")
+             .filter(~pl.col("id").is_in(sorted(used)) & ~pl.col("noisy")).select(cols))
+    held = [{"id": r["id"].removesuffix("-l"), **json.loads(r["input"]), **json.loads(r["labels"])}
+            for r in corpus.filter((pl.col("split") == "eval") & (pl.col("mode") == "label")).iter_rows(named=True)]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "train.jsonl", out / "eval.jsonl")
+    paths[0].write_text("".join(json.dumps(r) + "\n" for r in fresh.to_dicts()))
+    paths[1].write_text("".join(json.dumps(r) + "\n" for r in held))
     return paths

@@ -70,7 +70,7 @@ def _reward_for(t: TaskConfig, spec: Any, train: list[Any], held: list[Any], out
     transform = RewardTransform(t.transform, scale=t.transform_scale)
     if t.reward == "labels":
         return (LabelReward(spec, field_weights=t.field_weights or None, mode=t.mode,
-                            format_penalty=t.format_penalty), train, held)
+                            format_penalty=t.format_penalty, agreement=t.agreement), train, held)
     from adnanny_rl.data import attach_ad_ids, clicked_queries, load_world, split_world
 
     world_dir = Path(t.world) if t.world else _world_of(Path(t.data))
@@ -261,6 +261,67 @@ def evaluate(engine: Any, tasks: list[TaskRuntime], n: int, max_tokens: int, max
     return out
 
 
+def _rollout(engine: Any, tasks: list[TaskRuntime], rng: random.Random, cfg: RLConfig, step: int
+             ) -> tuple[list[tuple[int, Any]], list[str], list[Any], Any, dict[str, dict[str, list[float]]], int]:
+    """Steps 1-3 of the recipe: draw prompts, generate G completions each, score them.
+
+    Returns (picks, prompts, generations, rewards [P, G], per-task logged values, prompts drawn). Rows are
+    prompt-major: rows p*G .. p*G+G-1 are prompt p's G completions.
+
+    With `dynamic_sampling` (DAPO's), prompts are drawn P at a time and a group whose rewards are all equal is set
+    aside, until P groups with a reward spread are kept or `max_draw_rounds` rounds are spent; the batch is then
+    topped up with set-aside groups so its shape stays P x G. WHY: a confident policy answers most prompts the same
+    way G times; those groups have zero advantage, so a plain batch's update is driven by the few others (one or
+    two of eight prompts on the shared fixture), and Adam turns that into a full-size step on one prompt's noise."""
+    import torch
+
+    from adnanny_serve.engines import SamplingParams
+
+    kept: list[tuple[tuple[int, Any], str, list[Any], list[float], dict[str, list[float]]]] = []
+    flat: list[tuple[tuple[int, Any], str, list[Any], list[float], dict[str, list[float]]]] = []
+    rounds = cfg.max_draw_rounds if cfg.dynamic_sampling else 1
+    draws = 0
+    for r in range(rounds):
+        picks = _draw(rng, tasks, cfg.prompts_per_step)
+        draws += len(picks)
+        prompts = [_render(engine, tasks[k], row, cfg.max_prompt_tokens) for k, row in picks]
+        gens = engine.generate([p for p in prompts for _ in range(cfg.group_size)],
+                               SamplingParams(max_tokens=cfg.max_completion_tokens, temperature=cfg.temperature,
+                                              top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + step + r * 7_919_111))
+        group_rewards: list[list[float]] = [[] for _ in picks]
+        group_logs: list[dict[str, list[float]]] = [defaultdict(list) for _ in picks]
+        for k, rt in enumerate(tasks):
+            idx = [p for p, (kk, _) in enumerate(picks) if kk == k]
+            if not idx:
+                continue
+            rows = [picks[p][1] for p in idx for _ in range(cfg.group_size)]
+            texts = [gens[p * cfg.group_size + g].text for p in idx for g in range(cfg.group_size)]
+            res = _score(rt, rows, texts, cfg.group_size)
+            for j, p in enumerate(idx):
+                sl = slice(j * cfg.group_size, (j + 1) * cfg.group_size)
+                group_rewards[p] = list(res.total[sl])
+                group_logs[p]["reward"] += res.total[sl]
+                for name, vals in res.components.items():
+                    group_logs[p][name] += vals[sl]
+                group_logs[p]["length"] += [float(gens[p * cfg.group_size + g].completion_tokens)
+                                            for g in range(cfg.group_size)]
+        for p, pick in enumerate(picks):
+            item = (pick, prompts[p], gens[p * cfg.group_size:(p + 1) * cfg.group_size], group_rewards[p],
+                    group_logs[p])
+            spread = max(group_rewards[p]) != min(group_rewards[p])
+            (kept if spread or not cfg.dynamic_sampling else flat).append(item)
+        if len(kept) >= cfg.prompts_per_step:
+            break
+    chosen = (kept + flat)[:cfg.prompts_per_step]
+    per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (k, _), *_rest, logs in chosen:
+        for name, vals in logs.items():
+            per_task[tasks[k].spec.name][name] += vals
+    rewards = torch.tensor([c[3] for c in chosen], dtype=torch.float32)
+    return ([c[0] for c in chosen], [c[1] for c in chosen], [g for c in chosen for g in c[2]], rewards, per_task,
+            draws)
+
+
 def policy_update(backend: Any, batch: Any, adv: Any, weights: Any, old_logp: Any, ref_logp: Any, cfg: RLConfig
                   ) -> tuple[dict[str, float], dict[str, float]]:
     """μ optimizer steps of the GRPO loss on one rollout batch, micro-batched exactly (step 5 of the recipe).
@@ -315,7 +376,6 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     import torch
 
     from adnanny_ckpt.models import resolve_model
-    from adnanny_serve.engines import SamplingParams
     from adnanny_serve.engines.transformers_engine import TransformersEngine
     from adnanny_sft.hf_backend import build_hf_backend
     from adnanny_sft.logs import RunLog
@@ -332,7 +392,8 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     n_rollout = cfg.prompts_per_step * cfg.group_size
     backend = build_hf_backend(str(policy_dir), seed=cfg.seed, lr=cfg.lr, max_grad_norm=cfg.max_grad_norm,
-                               weight_decay=0.0, total_steps=cfg.steps * cfg.mu, lr_schedule="constant")
+                               weight_decay=0.0, total_steps=cfg.steps * cfg.mu, lr_schedule="constant",
+                               warmup_steps=cfg.warmup_steps)
     tokenizer = load_tokenizer(policy_dir)
     engine = TransformersEngine(backend.model, tokenizer, batch_size=min(n_rollout, 32))
     reference = build_hf_backend(str(ref_dir), seed=cfg.seed, lr=1e-9) if cfg.beta > 0 else None
@@ -373,27 +434,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.steps, initial=start, desc="grpo", disable=None)
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        picks = _draw(rng, tasks, cfg.prompts_per_step)
-        # prompt-major: rows p*G .. p*G+G-1 are prompt p's G completions
-        prompts = [_render(engine, tasks[k], row, cfg.max_prompt_tokens) for k, row in picks]
-        gens = engine.generate([p for p in prompts for _ in range(cfg.group_size)],
-                               SamplingParams(max_tokens=cfg.max_completion_tokens, temperature=cfg.temperature,
-                                              top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + step))
-        rewards = torch.zeros(cfg.prompts_per_step, cfg.group_size)
-        per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for k, rt in enumerate(tasks):
-            idx = [p for p, (kk, _) in enumerate(picks) if kk == k]
-            if not idx:
-                continue
-            rows = [picks[p][1] for p in idx for _ in range(cfg.group_size)]
-            texts = [gens[p * cfg.group_size + g].text for p in idx for g in range(cfg.group_size)]
-            res = _score(rt, rows, texts, cfg.group_size)
-            rewards[idx] = torch.tensor(res.total).view(len(idx), cfg.group_size)
-            per_task[rt.spec.name]["reward"] += res.total
-            for name, vals in res.components.items():
-                per_task[rt.spec.name][name] += vals
-            per_task[rt.spec.name]["length"] += [float(gens[p * cfg.group_size + g].completion_tokens)
-                                                 for p in idx for g in range(cfg.group_size)]
+        _, prompts, gens, rewards, per_task, draws = _rollout(engine, tasks, rng, cfg, step)
         adv = group_advantages(rewards, scale_std=cfg.scale_std).reshape(-1)               # [N]
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         batch = _batch([prompt_ids[i // cfg.group_size] for i in range(n_rollout)],
@@ -409,7 +450,7 @@ def _run(cfg: RLConfig) -> dict[str, Any]:
         engine.load_weights()                    # policy changed in place: drop cached prefixes
         rec: dict[str, Any] = {"kind": "train", "step": step, "kl": stats["kl"], "entropy": stats["entropy"],
                                "clip_fraction": stats["clip_fraction"], "grad_norm": step_info["grad_norm"],
-                               "zero_advantage_share": zero_advantage_share(rewards),
+                               "zero_advantage_share": zero_advantage_share(rewards), "prompts_drawn": draws,
                                "seconds": time.perf_counter() - t0, "tasks": {}}
         for name, comps in per_task.items():
             rec["tasks"][name] = {c: sum(v) / len(v) for c, v in comps.items()}

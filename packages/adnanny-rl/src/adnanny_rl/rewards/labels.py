@@ -4,6 +4,12 @@
 ``r = format_penalty`` for one that does not (no default label is ever substituted). The parser and label sets are
 the task definition's (adnanny-cook), so nothing here restates a tag or a value. Fields without a gold value in
 a row (an optional label the dataset lacks) are left out of that row's agreement.
+
+``agreement="defect"`` scores each field that has defect values in its binary defect view instead — parsed and
+gold agree when both are defects or both are not (``bad`` vs ``fair``/``good``: the paper's Bad view, the one its
+Tables 1-4 and the calibrated threshold use); fields without defect values stay exact. WHY: a grade the policy
+cannot yet tell apart is a coin flip per sample, so the exact reward's advantages on those rows are noise, and that
+noise moves the weights the defect decision lives on (measured on the shared fixture, README "Learning").
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ class LabelReward:
     """Reward for a labeling task given by its adnanny-cook `TaskSpec`."""
 
     def __init__(self, spec: Any, *, field_weights: Mapping[str, float] | None = None, mode: str | None = None,
-                 format_reward: float = 0.0, format_penalty: float = -1.0) -> None:
+                 format_reward: float = 0.0, format_penalty: float = -1.0, agreement: str = "exact") -> None:
         if spec.kind != "label":
             raise RLConfigError(f"`LabelReward` needs a labeling task; `{spec.name}` is a {spec.kind} task")
         weights = dict(field_weights) if field_weights else {f: 1.0 for f in spec.field_order}
@@ -31,7 +37,14 @@ class LabelReward:
                                 f"({list(spec.field_order)})")
         if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
             raise RLConfigError(f"`field_weights` must be >= 0 with one > 0, got {weights}")
+        if agreement not in ("exact", "defect"):
+            raise RLConfigError(f"`agreement` must be `exact` or `defect`, got {agreement!r}")
+        if agreement == "defect" and not any(spec.defect_values.get(f) for f in weights):
+            raise RLConfigError(f"`agreement` = `defect`: no weighted field of `{spec.name}` has defect values "
+                                f"({dict(spec.defect_values)})")
         self.spec, self.weights, self.mode = spec, weights, mode
+        self.defect = ({f: frozenset(spec.check_value(f, v) for v in spec.defect_values[f])
+                        for f in weights if spec.defect_values.get(f)} if agreement == "defect" else {})
         self.format_reward, self.format_penalty = float(format_reward), float(format_penalty)
         self.name = f"labels:{spec.name}"
 
@@ -55,7 +68,10 @@ class LabelReward:
                 if g is None or w == 0:
                     continue
                 den += w
-                num += w * float(labels.get(f) == self.spec.check_value(f, g))
+                got, want = labels.get(f), self.spec.check_value(f, g)
+                if f in self.defect:
+                    got, want = got in self.defect[f], want in self.defect[f]
+                num += w * float(got == want)
             a = num / den if den else 0.0
             agree.append(a)
             parsed.append(1.0)
