@@ -2,7 +2,8 @@
 
 One rollout step, top to bottom:
 
-1. draw P prompts across tasks by their weights (seeded; the sampler's state is checkpointed);
+1. draw P prompts across tasks by their weights (seeded; the sampler's state is checkpointed; with
+   `dynamic_sampling`, groups whose G rewards are all equal are set aside and more prompts drawn);
 2. render each with its task definition (adnanny-cook) and the policy's chat template; generate G completions
    per prompt through adnanny-serve's `Engine` (the G copies of a prompt share its cached prefix);
 3. score them with each task's reward (labels, frozen retrieval, frozen CTR — `adnanny_rl.rewards`); batch
@@ -277,6 +278,7 @@ def _rollout(engine: Any, tasks: list[TaskRuntime], rng: random.Random, cfg: RLC
 
     from adnanny_serve.engines import SamplingParams
 
+    # one group: (task index, row), rendered prompt, its G generations, their rewards, its logged values
     kept: list[tuple[tuple[int, Any], str, list[Any], list[float], dict[str, list[float]]]] = []
     flat: list[tuple[tuple[int, Any], str, list[Any], list[float], dict[str, list[float]]]] = []
     rounds = cfg.max_draw_rounds if cfg.dynamic_sampling else 1
